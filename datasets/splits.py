@@ -1,0 +1,165 @@
+"""Grouped, stratified, seeded splits, saved to (and reused from) split files.
+
+No group (lesion or patient) ever lands in two splits; every class is represented in every
+split when it has enough groups; the assignment is a pure function of (labels, groups, seed,
+fractions). Split files are CSVs ``image_id,group,label,split`` written atomically beside the
+results so users can inspect them, and their sha256 enters the protocol hash.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from datasets.base import SPLITS, DatasetError, ImageDataset
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FRACTIONS = {"train": 0.6, "val": 0.15, "test": 0.25}
+
+
+def grouped_stratified_split(labels: np.ndarray, groups: np.ndarray, fractions: dict[str, float],
+                             seed: int) -> np.ndarray:
+    """Assign each sample to a split name, keeping groups whole and classes stratified.
+
+    Each group takes its majority label; per class, groups are shuffled (seeded) and dealt to
+    the splits so each split's image count approaches its fraction, every split getting at least
+    one group of each class that has as many groups as there are splits.
+
+    Args:
+        labels: int [N]; groups: str [N]; fractions: split name -> fraction (sums to 1).
+    Returns:
+        str [N] split names.
+    """
+    names = list(fractions)
+    weights = np.array([fractions[n] for n in names], dtype=float)
+    if np.any(weights <= 0) or abs(weights.sum() - 1) > 1e-6:
+        raise ValueError(f"split fractions must be positive and sum to 1, got {fractions}")
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({"label": labels, "group": groups.astype(str)})
+    group_table = frame.groupby("group", sort=True).agg(
+        label=("label", lambda s: s.value_counts().idxmax()), size=("label", "size"))
+    assignment: dict[str, str] = {}
+    for label in sorted(group_table["label"].unique()):
+        members = group_table[group_table["label"] == label]
+        order = rng.permutation(len(members))
+        group_ids = members.index.to_numpy()[order]
+        sizes = members["size"].to_numpy()[order]
+        targets = weights * sizes.sum()
+        filled = np.zeros(len(names))
+        priority = np.argsort(targets, kind="stable")  # one group to each split first, smallest first
+        for position, (group_id, size) in enumerate(zip(group_ids, sizes)):
+            if position < len(names):
+                choice = int(priority[position])
+            else:
+                choice = int(np.argmax(targets - filled))
+            filled[choice] += size
+            assignment[group_id] = names[choice]
+    return frame["group"].map(assignment).to_numpy(dtype=object)
+
+
+@dataclass
+class SplitAssignment:
+    """Which rows of a dataset belong to train / val / test, and where that came from."""
+
+    split: np.ndarray  # str [N]
+    source: str  # "official", "file:<path>", "generated"
+    sha256: str
+
+    def indices(self, name: str) -> np.ndarray:
+        return np.flatnonzero(self.split == name)
+
+
+def split_file_path(results_dir: Path, dataset: ImageDataset, seed: int, fractions: dict[str, float]) -> Path:
+    tag = "-".join(f"{k}{v:g}" for k, v in fractions.items())
+    return Path(results_dir) / "splits" / f"{dataset.name}__{dataset.manifest_hash()[:12]}__seed{seed}__{tag}.csv"
+
+
+def resolve_splits(dataset: ImageDataset, results_dir: Path, seed: int = 0,
+                   fractions: dict[str, float] | None = None, split_file: Path | None = None) -> SplitAssignment:
+    """Official splits if the dataset has them, else a user split file, else generated and saved.
+
+    A val split missing from official splits is carved (grouped, stratified, 20 %) from train.
+    """
+    fractions = dict(fractions or DEFAULT_FRACTIONS)
+    if split_file is not None:
+        assignment = _read_split_file(dataset, Path(split_file))
+    elif dataset.has_official_splits:
+        split = dataset.table["split"].astype(str).to_numpy(dtype=object)
+        if not np.any(split == "val"):
+            train = np.flatnonzero(split == "train")
+            sub = grouped_stratified_split(dataset.labels[train], dataset.groups[train], {"train": 0.8, "val": 0.2}, seed)
+            split = split.copy()
+            split[train] = sub
+        assignment = SplitAssignment(split, "official", _sha(split, dataset))
+    else:
+        path = split_file_path(results_dir, dataset, seed, fractions)
+        if path.is_file():
+            assignment = _read_split_file(dataset, path)
+        else:
+            split = grouped_stratified_split(dataset.labels, dataset.groups, fractions, seed)
+            _write_split_file(dataset, split, path)
+            assignment = SplitAssignment(split, f"file:{path}", _sha(split, dataset))
+    check_splits(dataset, assignment.split)
+    return assignment
+
+
+def check_splits(dataset: ImageDataset, split: np.ndarray, required: tuple[str, ...] = SPLITS) -> None:
+    """Raise :class:`DatasetError` for an empty split, a group in two splits, or a class absent from a split."""
+    groups = dataset.groups
+    frame = pd.DataFrame({"group": groups, "split": split})
+    leaking = frame.groupby("group")["split"].nunique()
+    if (leaking > 1).any():
+        examples = leaking[leaking > 1].index[:5].tolist()
+        raise DatasetError(f"dataset '{dataset.name}': groups {examples} appear in more than one split; "
+                           f"splits must keep each patient/lesion in one split")
+    for name in required:
+        members = np.flatnonzero(split == name)
+        if len(members) == 0:
+            raise DatasetError(f"dataset '{dataset.name}': the '{name}' split is empty; "
+                               f"give it images (split file or fractions) or use a larger dataset")
+        present = set(np.unique(dataset.labels[members]).tolist())
+        absent = [dataset.classes[c] for c in range(dataset.num_classes) if c not in present
+                  and c in set(dataset.labels.tolist())]
+        if absent:
+            raise DatasetError(f"dataset '{dataset.name}': class(es) {absent} absent from the '{name}' split; "
+                               f"metrics would be undefined. Use more data, other split fractions, or drop the class")
+
+
+def _sha(split: np.ndarray, dataset: ImageDataset) -> str:
+    text = "\n".join(f"{i},{s}" for i, s in zip(dataset.ids, split))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _write_split_file(dataset: ImageDataset, split: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame({"image_id": dataset.ids, "group": dataset.groups,
+                          "label": [dataset.classes[c] for c in dataset.labels], "split": split})
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    log.info("wrote split file %s", path)
+
+
+def _read_split_file(dataset: ImageDataset, path: Path) -> SplitAssignment:
+    try:
+        frame = pd.read_csv(path, dtype={"image_id": str})
+    except (OSError, ValueError) as error:
+        raise DatasetError(f"cannot read split file {path}: {error}") from None
+    if not {"image_id", "split"} <= set(frame.columns):
+        raise DatasetError(f"split file {path} needs columns 'image_id' and 'split' (has {list(frame.columns)})")
+    bad = sorted(set(frame["split"].astype(str)) - set(SPLITS))
+    if bad:
+        raise DatasetError(f"split file {path} has unknown split names {bad}; use train, val, test")
+    mapping = dict(zip(frame["image_id"].astype(str), frame["split"].astype(str)))
+    missing = [i for i in dataset.ids if i not in mapping]
+    if missing:
+        raise DatasetError(f"split file {path} does not cover {len(missing)} image(s) of '{dataset.name}', "
+                           f"e.g. {missing[:3]}; regenerate it (delete the file) or add the rows")
+    split = np.array([mapping[i] for i in dataset.ids], dtype=object)
+    return SplitAssignment(split, f"file:{path}", _sha(split, dataset))

@@ -1,0 +1,69 @@
+"""``synthderm``: the embedded default dataset, procedurally generated from a seed (no download).
+
+The images come from :mod:`datasets.synthderm_render`; they are rendered once per parameter set
+and kept in the cache folder (``$MEDTRANSFER_CACHE/synthderm``), so later runs load them in a
+second. Groups are lesions (several images per lesion), subgroups are Fitzpatrick skin type,
+sex and body site.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from benchmark.features import default_cache_dir
+from datasets.base import ArrayImageDataset, DatasetSpec
+from datasets.registry import DATASETS
+from datasets.synthderm_render import SYNTHDERM_CLASSES, generate_synthderm
+
+log = logging.getLogger(__name__)
+
+SYNTHDERM_DEFAULTS = {"seed": 0, "n_lesions": 600, "image_size": 128}
+
+
+def _cache_file(seed: int, n_lesions: int, image_size: int) -> Path:
+    return default_cache_dir() / "synthderm" / f"synthderm_v1_seed{seed}_n{n_lesions}_s{image_size}.npz"
+
+
+def load_synthderm_arrays(seed: int, n_lesions: int, image_size: int) -> tuple[np.ndarray, pd.DataFrame]:
+    """Render (or read back from the cache) the images [N, S, S, 3] and their metadata."""
+    path = _cache_file(seed, n_lesions, image_size)
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                images = data["images"]
+                meta = pd.DataFrame({k[5:]: data[k] for k in data.files if k.startswith("meta_")})
+            return images, meta
+        except (OSError, ValueError, KeyError):
+            log.warning("synthderm cache %s unreadable; rendering again", path)
+    images, meta = generate_synthderm(seed=seed, n_lesions=n_lesions, image_size=image_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, images=images, **{f"meta_{c}": meta[c].to_numpy() for c in meta.columns})
+    os.replace(tmp, path)
+    return images, meta
+
+
+def build_synthderm(root: Path | None, options: dict) -> ArrayImageDataset:
+    settings = {**SYNTHDERM_DEFAULTS, **{k: int(v) for k, v in options.items() if k in SYNTHDERM_DEFAULTS}}
+    images, meta = load_synthderm_arrays(settings["seed"], settings["n_lesions"], settings["image_size"])
+    table = pd.DataFrame({"image_id": meta["image_id"].astype(str), "label": meta["label"].astype(int),
+                          "group": meta["lesion_id"].astype(str)})
+    subgroups = []
+    for column, name in (("fitzpatrick", "fitzpatrick"), ("sex", "sex"), ("localization", "site")):
+        if column in meta.columns:
+            table[name] = meta[column].to_numpy()
+            subgroups.append(name)
+    name = "synthderm" if settings == SYNTHDERM_DEFAULTS else (
+        f"synthderm-n{settings['n_lesions']}-s{settings['image_size']}-seed{settings['seed']}")
+    return ArrayImageDataset(name, table, list(SYNTHDERM_CLASSES), images, task="7-class dx (HAM10000 classes)",
+                             subgroup_columns=tuple(subgroups), info={"primary_metric": "balanced_accuracy", **settings})
+
+
+DATASETS.add("synthderm", DatasetSpec(
+    name="synthderm", build=build_synthderm, needs_root=False,
+    description="procedural dermoscopy-like images, 7 HAM10000 classes, Fitzpatrick I-VI, several images per lesion",
+    tasks=("7-class dx",), source="generated (embedded)", licence="same as medtransfer", default_in_benchmark=True))

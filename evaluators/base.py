@@ -1,0 +1,149 @@
+"""The evaluator contract and the context an evaluator runs in.
+
+An evaluator is an :class:`EvaluatorSpec`: protocol defaults, named presets, and
+``run(context, options) -> EvalOutput``. The :class:`EvalContext` hands it the encoder (built
+lazily), the dataset, its leak-free splits and cached features per split, so an evaluator never
+touches files, caches or records itself.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from benchmark.features import Features, extract_features
+from datasets.base import ImageDataset
+from datasets.splits import SplitAssignment
+from pretrained.encoder import Encoder, EncoderSpec, LoadOptions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalOutput:
+    """What an evaluator returns; the runner turns it into a :class:`ResultRecord`.
+
+    ``metrics``: name -> {"value", "ci", ...}; ``resolved``: protocol facts decided at run time
+    (chosen C, episodes actually run); ``cost``: {"images_per_second", "seconds"}.
+    """
+
+    metrics: dict[str, dict[str, Any]]
+    primary_metric: str
+    subgroups: dict[str, Any] = field(default_factory=dict)
+    resolved: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    cost: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class EvaluatorSpec:
+    """Registry entry for an evaluator or probe."""
+
+    name: str
+    run: Callable[["EvalContext", dict], EvalOutput]
+    defaults: dict[str, Any]
+    presets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    description: str = ""
+    benchmark_preset: str | None = None  # preset used by `cli.py benchmark`; None = not in the main job
+    order: int = 100  # position in the main job and the leaderboard
+    aliases: tuple[str, ...] = ()
+    kind: str = "evaluator"  # evaluator | probe
+
+    def resolve_options(self, preset: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Defaults, then the preset, then explicit overrides (unknown keys are an error)."""
+        options = copy.deepcopy(self.defaults)
+        if preset:
+            if preset not in self.presets:
+                raise ValueError(f"evaluator '{self.name}' has no preset '{preset}'; presets: {sorted(self.presets)}")
+            options.update(copy.deepcopy(self.presets[preset]))
+        for key, value in (overrides or {}).items():
+            if key not in options:
+                raise ValueError(f"evaluator '{self.name}' has no option '{key}'; options: {sorted(options)}")
+            options[key] = value
+        return options
+
+
+def validate_evaluator_spec(obj: object) -> None:
+    if not isinstance(obj, EvaluatorSpec):
+        raise TypeError(f"an evaluator registration must be an EvaluatorSpec, got {type(obj).__name__}")
+
+
+@dataclass
+class ExtractionSettings:
+    device: torch.device
+    cache_dir: Path | None
+    batch_size: int = 64
+    num_workers: int | None = None
+    image_size: int | None = None  # override of the encoder's input resolution (recorded)
+
+
+class EvalContext:
+    """Everything an evaluator may use for one (encoder, dataset) cell."""
+
+    def __init__(self, encoder_spec: EncoderSpec, load_options: LoadOptions, dataset: ImageDataset,
+                 splits: SplitAssignment, extraction: ExtractionSettings, artifacts_dir: Path, seed: int = 0,
+                 encoder_cache: dict[str, Encoder] | None = None, progress: Callable[[str, int], Any] | None = None):
+        self.encoder_spec = encoder_spec
+        self.load_options = load_options
+        self.dataset = dataset
+        self.splits = splits
+        self.extraction = extraction
+        self.artifacts_dir = Path(artifacts_dir)
+        self.seed = seed
+        self.progress = progress
+        self._encoders = encoder_cache if encoder_cache is not None else {}
+        self._features: Features | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.extraction.device
+
+    def encoder(self) -> Encoder:
+        """The encoder, built once per run (with the resolution override applied)."""
+        key = self.encoder_spec.name
+        if key not in self._encoders:
+            encoder = self.encoder_spec.build(self.load_options)
+            if self.extraction.image_size:
+                encoder.preprocessing = encoder.preprocessing.with_input_size(self.extraction.image_size)
+            self._encoders.clear()  # keep one encoder in memory at a time
+            self._encoders[key] = encoder
+        return self._encoders[key]
+
+    def fresh_encoder(self) -> Encoder:
+        """A new copy of the encoder for evaluators that change its weights (fine-tuning)."""
+        return copy.deepcopy(self.encoder())
+
+    def indices(self, split: str) -> np.ndarray:
+        return self.splits.indices(split)
+
+    def all_features(self) -> Features:
+        """Features of every image of the dataset (extracted once, cached on disk)."""
+        if self._features is None:
+            encoder = self.encoder()
+            callback = None
+            if self.progress is not None:
+                total = len(self.dataset)
+                callback = self.progress(f"features {encoder.name} on {self.dataset.name}", total)
+            self._features = extract_features(
+                encoder, self.dataset, device=self.device, batch_size=self.extraction.batch_size,
+                num_workers=self.extraction.num_workers, cache_dir=self.extraction.cache_dir, progress=callback)
+        return self._features
+
+    def features(self, split: str) -> Features:
+        """Cached features of one split ("train", "val", "test")."""
+        return self.all_features().select(self.indices(split))
+
+    def feature_cost(self) -> dict[str, float]:
+        meta = self.all_features().meta
+        return {"images_per_second": float(meta.get("images_per_second", float("nan"))),
+                "extraction_seconds": float(meta.get("seconds", float("nan"))),
+                "extraction_cache_hit": bool(meta.get("cache_hit", False))}
+
+    def primary_metric(self, default: str = "balanced_accuracy") -> str:
+        """The dataset's headline metric (e.g. AUROC for binary melanoma tasks)."""
+        return self.dataset.info.get("primary_metric", default)
