@@ -271,6 +271,168 @@ def evaluate(evaluator: str, **kwargs) -> None:
     run_evaluator_command(evaluator, **kwargs)
 
 
+@cli.group()
+def pretrain() -> None:
+    """In-domain contrastive pretraining (SimCLR, SupCon) of any registered encoder on a dataset.
+
+    The result is registered as a new encoder (kept in $MEDTRANSFER_CACHE/local_encoders.json),
+    usable at once by every evaluator. Rerunning the same command resumes a killed run.
+    Several GPUs: torchrun --nproc_per_node N cli.py pretrain simclr ...
+    """
+
+
+def _pretrain_options(func: Callable) -> Callable:
+    options = [
+        click.option("--dataset", "-d", required=True, help="Dataset to pretrain on (see `cli.py datasets`)."),
+        click.option("--root", type=click.Path(path_type=Path), default=None, help="Dataset files (for datasets that need them)."),
+        click.option("--dataset-option", multiple=True, help="Dataset option KEY=VALUE."),
+        click.option("--init", "init", required=True,
+                     help="Encoder to start from: <arch>-random for random init (e.g. resnet18-random), or any registered encoder."),
+        click.option("--epochs", type=click.IntRange(1), required=True, help="Training epochs over the chosen images."),
+        click.option("--name", required=True, help="Name to register the pretrained encoder under (e.g. resnet18-simclr-ham)."),
+        click.option("--image-size", type=click.IntRange(16), default=None,
+                     help="Training resolution, also the new encoder's input size [default: the init encoder's]."),
+        click.option("--batch-size", type=click.IntRange(2), default=256, show_default=True,
+                     help="Global batch (images; each gives two views), split across DDP ranks."),
+        click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=None,
+                     help="Softmax temperature [default: 0.5 for simclr, 0.1 for supcon]."),
+        click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
+                     help="Peak AdamW learning rate (warm-up then cosine)."),
+        click.option("--weight-decay", type=click.FloatRange(min=0), default=1e-4, show_default=True, help="AdamW weight decay."),
+        click.option("--balanced", is_flag=True, help="Class-balanced batches (each class equally likely; uses labels)."),
+        click.option("--split", type=click.Choice(["train", "train+val", "all"]), default="train", show_default=True,
+                     help="Images to pretrain on; 'all' includes test images (transductive, simclr only)."),
+        click.option("--split-seed", type=int, default=0, show_default=True,
+                     help="Seed of the generated split (use the --seed your evaluations use)."),
+        click.option("--split-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+                     help="CSV image_id,split to use instead of official/generated splits."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Training seed (head init, batch order, views)."),
+        click.option("--projection-dim", type=click.IntRange(1), default=128, show_default=True, help="Projection head output size."),
+        click.option("--crop-scale-min", type=click.FloatRange(0.01, 1.0), default=0.2, show_default=True,
+                     help="Smallest random-resized-crop area (fraction of the image)."),
+        click.option("--results", "results_dir", type=click.Path(path_type=Path), default=DEFAULT_RESULTS, show_default=True,
+                     help="Results folder whose split files are used (so evaluation splits match)."),
+        click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
+                     help="Where checkpoints and decoded images go (default $MEDTRANSFER_CACHE or ~/.cache/medtransfer)."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N (torchrun: one GPU per rank)."),
+        click.option("--workers", type=click.IntRange(0), default=None, help="Image-decoding workers (default: cores - 1, max 8)."),
+        click.option("--weights-dir", type=click.Path(path_type=Path), default=None, help="Folder searched first for the init checkpoint."),
+        click.option("--trust-checkpoint", is_flag=True, help="Allow init checkpoints that need full unpickling."),
+        click.option("--overwrite", is_flag=True, help="Discard a previous run (and registration) under this name."),
+        click.option("-v", "--verbose", count=True, help="-v info, -vv debug logging."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _pretrain_device(device: str):
+    import os
+    from benchmark.device import resolve_device
+    from pretrained.ssl import distributed
+    try:
+        torch_device = resolve_device(device)
+    except (ValueError, RuntimeError) as error:
+        raise click.BadParameter(str(error), param_hint="--device") from None
+    context = distributed.init_from_env(torch_device.type)
+    if context.enabled and torch_device.type == "cuda":
+        import torch
+        torch_device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch_device, context
+
+
+def _epoch_reporter(context, epochs: int) -> Callable[[int, float], None]:
+    import time
+    start = time.perf_counter()
+
+    def report(epoch: int, loss: float) -> None:
+        if context.is_main:
+            click.echo(f"epoch {epoch}/{epochs}: loss {loss:.4f} ({time.perf_counter() - start:.0f} s)", err=True)
+    return report
+
+
+def run_pretrain_command(method: str, dataset: str, root: Path | None, dataset_option: tuple[str, ...], init: str,
+                         epochs: int, name: str, image_size: int | None, batch_size: int, temperature: float | None,
+                         lr: float, weight_decay: float, balanced: bool, split: str, split_seed: int,
+                         split_file: Path | None, seed: int, projection_dim: int, crop_scale_min: float,
+                         results_dir: Path, cache_dir: Path | None, device: str, workers: int | None,
+                         weights_dir: Path | None, trust_checkpoint: bool, overwrite: bool, verbose: int) -> None:
+    """Shared body of `pretrain simclr` and `pretrain supcon`."""
+    _setup_logging(verbose)
+    from benchmark.device import default_workers
+    from datasets.registry import DATASETS
+    from pretrained.encoder import LoadOptions
+    from pretrained.registry import ENCODERS
+    from pretrained.ssl.augment import AugmentConfig
+    from pretrained.ssl.pipeline import pretrain_and_register
+    from pretrained.ssl.trainer import PretrainConfig
+    torch_device, context = _pretrain_device(device)
+    options = LoadOptions(weights_dir=str(weights_dir) if weights_dir else None, trust_checkpoint=trust_checkpoint)
+
+    def action():
+        dataset_name = DATASETS.resolve(dataset)
+        init_name = ENCODERS.resolve(init)
+        size = image_size or ENCODERS.get(init_name).build(options).preprocessing.input_size
+        config = PretrainConfig(
+            method=method, dataset=dataset_name, init=init_name, epochs=epochs, image_size=size, batch_size=batch_size,
+            temperature=temperature, lr=lr, weight_decay=weight_decay, balanced=balanced, split=split,
+            split_seed=split_seed, seed=seed, projection_dim=projection_dim,
+            augment=AugmentConfig(crop_scale=(crop_scale_min, 1.0)),
+            dataset_options=tuple(sorted(_parse_pairs(dataset_option, "--dataset-option").items())))
+        return pretrain_and_register(
+            name, config, results_dir=results_dir, device=torch_device, cache_dir=cache_dir,
+            roots={dataset_name: root} if root else {}, load_options=options, split_file=split_file,
+            num_workers=default_workers() if workers is None else workers,
+            on_epoch_end=_epoch_reporter(context, epochs), overwrite=overwrite)
+
+    outcome = _run_user_action(action)
+    if context.is_main:
+        result = outcome.result
+        if result is not None and result.start_epoch:
+            click.echo(f"resumed after epoch {result.start_epoch}", err=True)
+        click.echo(f"registered encoder '{outcome.name}' ({method} on {dataset}, final loss "
+                   f"{outcome.pretraining['final_loss']:.4f})")
+        click.echo(f"  checkpoint: {outcome.checkpoint} (sha256 {outcome.sha256[:16]}...)")
+        click.echo(f"  evaluate:   python cli.py linear --model {outcome.name} --dataset {dataset}")
+
+
+def _make_pretrain_command(method: str, summary: str) -> click.Command:
+    @_pretrain_options
+    def command(**kwargs) -> None:
+        run_pretrain_command(method, **kwargs)
+    command.__doc__ = summary
+    return pretrain.command(method)(command)
+
+
+_make_pretrain_command("simclr", """SimCLR (NT-Xent over two augmented views; labels unused).
+
+    Example: python cli.py pretrain simclr --dataset synthderm --init resnet18-random --epochs 50 --image-size 64 --name resnet18-simclr-mine
+    """)
+_make_pretrain_command("supcon", """Supervised contrastive (Khosla et al.): views of one class are positives (uses train labels).
+
+    Example: python cli.py pretrain supcon --dataset synthderm --init resnet18-random --epochs 50 --balanced --name resnet18-supcon-mine
+    """)
+
+
+@pretrain.command("recipe")
+@click.argument("name")
+@click.option("--results", "results_dir", type=click.Path(path_type=Path), default=DEFAULT_RESULTS, show_default=True,
+              help="Results folder whose split files are used.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("-v", "--verbose", count=True, help="-v info, -vv debug logging.")
+def pretrain_recipe(name: str, results_dir: Path, device: str, verbose: int) -> None:
+    """Make a built-in recipe encoder now (e.g. resnet18-simclr-synthderm; the main job does this itself)."""
+    _setup_logging(verbose)
+    from pretrained.ssl.recipes import RECIPES, ensure_recipe
+    if name not in RECIPES:
+        raise click.BadParameter(f"unknown recipe '{name}'; recipes: {', '.join(sorted(RECIPES))}", param_hint="NAME")
+    torch_device, context = _pretrain_device(device)
+    sidecar = _run_user_action(lambda: ensure_recipe(name, results_dir=results_dir, device=torch_device,
+                                                     on_epoch_end=_epoch_reporter(context, RECIPES[name].epochs)))
+    click.echo(f"{name}: {sidecar.get('checkpoint_sha256', '?')[:16]}... final loss "
+               f"{sidecar.get('pretraining', {}).get('final_loss', float('nan')):.4f}")
+
+
 @cli.command()
 @click.option("--results", "results_dir", type=click.Path(path_type=Path), default=DEFAULT_RESULTS, show_default=True,
               help="Results folder to aggregate.")
@@ -302,15 +464,18 @@ def benchmark(models_, datasets_, evaluators_, roots, shard, dry_run, **common) 
     """
     _setup_logging(common.pop("verbose"))
     from benchmark.leaderboard import write_leaderboard
-    from benchmark.main_job import plan_cells
+    from benchmark.main_job import plan_cells, prepare_recipe_encoders
     from benchmark.records import record_exists
     from benchmark.runner import Runner, shard_cells
     settings = _run_user_action(lambda: _settings(roots={k: Path(v) for k, v in _parse_pairs(roots, "--root").items()},
                                                   dataset_options={}, **common))
-    cells = _run_user_action(lambda: plan_cells(list(models_), list(datasets_), list(evaluators_), settings.load_options))
+    runner = Runner(settings)
+    excluded = _run_user_action(lambda: prepare_recipe_encoders(list(models_), runner, dry_run=dry_run,
+                                                                report=lambda line: click.echo(line, err=True)))
+    cells = _run_user_action(lambda: plan_cells(list(models_), list(datasets_), list(evaluators_), settings.load_options,
+                                                exclude=excluded))
     cells = shard_cells(cells, _parse_shard(shard))
     click.echo(f"{len(cells)} cell(s); results in {settings.results_dir}", err=True)
-    runner = Runner(settings)
     for number, cell in enumerate(cells, 1):
         identity = _run_user_action(lambda: runner.identity(cell))
         if dry_run:

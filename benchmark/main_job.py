@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
-from benchmark.runner import Cell
+from benchmark.runner import Cell, Runner
 from datasets.registry import DATASETS
 from evaluators.registry import EVALUATORS
 from pretrained.encoder import LoadOptions
@@ -26,9 +27,44 @@ def default_encoders(options: LoadOptions) -> list[str]:
     return chosen
 
 
-def plan_cells(encoders: list[str], datasets: list[str], evaluators: list[str], options: LoadOptions) -> list[Cell]:
+def prepare_recipe_encoders(encoders: list[str], runner: Runner, *, dry_run: bool = False,
+                            report: Callable[[str], None] = log.info) -> list[str]:
+    """Make the built-in recipe encoders this run uses (e.g. ``resnet18-simclr-synthderm``) when missing.
+
+    A recipe encoder is used when named in ``encoders``, or, with no names given, when it is a
+    default encoder. Pretraining runs once (its checkpoint is kept in the cache; a killed run
+    resumes). Returns the recipe encoders to leave out: those whose pretraining images could
+    overlap this run's evaluation splits (another ``--seed`` or ``--split-file``).
+    """
+    from datasets.splits import resolve_splits
+    from pretrained.ssl.recipes import RECIPES, ensure_recipe, recipe_status
+    wanted = [ENCODERS.resolve(e) for e in encoders] or [n for n, s in ENCODERS.items() if s.default_in_benchmark]
+    excluded = []
+    for name in (n for n in wanted if n in RECIPES):
+        config = RECIPES[name]
+        dataset = runner.dataset(config.dataset)
+        recipe_split = resolve_splits(dataset, runner.settings.results_dir, seed=config.split_seed)
+        if runner.splits(config.dataset).sha256 != recipe_split.sha256:
+            report(f"leaving out {name}: it was pretrained on the split of seed {config.split_seed}, which differs "
+                   f"from this run's {dataset.name} splits (its pretraining images could be test images here)")
+            excluded.append(name)
+            continue
+        if recipe_status(name).present:
+            continue
+        if dry_run:
+            report(f"[todo] pretrain {name} ({config.method}, {config.epochs} epochs on the {config.dataset} train split)")
+            continue
+        report(f"pretraining {name} once ({config.method}, {config.epochs} epochs on the {config.dataset} "
+               f"train split at {config.image_size} px; resumes if killed)")
+        ensure_recipe(name, results_dir=runner.settings.results_dir, device=runner.settings.extraction.device,
+                      on_epoch_end=lambda epoch, loss, n=config.epochs: report(f"  epoch {epoch}/{n}: loss {loss:.4f}"))
+    return excluded
+
+
+def plan_cells(encoders: list[str], datasets: list[str], evaluators: list[str], options: LoadOptions,
+               exclude: list[str] | tuple[str, ...] = ()) -> list[Cell]:
     """The cell list, ordered evaluator-major so cheap evaluators finish first and features are reused."""
-    encoders = [ENCODERS.resolve(e) for e in encoders] or default_encoders(options)
+    encoders = [e for e in ([ENCODERS.resolve(e) for e in encoders] or default_encoders(options)) if e not in exclude]
     datasets = [DATASETS.resolve(d) for d in datasets] or [n for n, s in DATASETS.items() if s.default_in_benchmark]
     if evaluators:
         specs = [EVALUATORS.get(e) for e in evaluators]

@@ -1,0 +1,92 @@
+"""DDP plumbing for pretraining under ``torchrun``: process-group setup and a gradient-carrying gather.
+
+Every rank computes the loss over the gathered global batch. ``all_gather`` from
+``torch.distributed.nn`` sums the incoming gradients in its backward pass, so each rank's local
+projections receive world_size x dL/dz; DDP then averages parameter gradients over ranks, which
+gives exactly dL/dtheta of the global loss: the same step as one process with the whole batch.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_from_env(device_type: str) -> DistContext:
+    """Join the process group when launched by torchrun (``WORLD_SIZE`` > 1); a no-op otherwise."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistContext()
+    if not dist.is_initialized():
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        if device_type == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend=backend)
+    return current()
+
+
+def current() -> DistContext:
+    if not (dist.is_available() and dist.is_initialized()):
+        return DistContext()
+    return DistContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", dist.get_rank())))
+
+
+def barrier(context: DistContext) -> None:
+    if context.enabled:
+        dist.barrier()
+
+
+def gather_with_grad(tensor: torch.Tensor, context: DistContext) -> torch.Tensor:
+    """Concatenate every rank's [n_r, ...] tensor in rank order (n_r may differ); gradients flow back."""
+    if not context.enabled:
+        return tensor
+    from torch.distributed.nn.functional import all_gather
+    sizes = _gather_sizes(len(tensor), tensor.device, context)
+    padded = _pad_to(tensor, max(sizes))
+    pieces = all_gather(padded)
+    return torch.cat([piece[:size] for piece, size in zip(pieces, sizes)])
+
+
+def gather_no_grad(tensor: torch.Tensor, context: DistContext) -> torch.Tensor:
+    """Like :func:`gather_with_grad` for tensors that need no gradient (labels)."""
+    if not context.enabled:
+        return tensor
+    sizes = _gather_sizes(len(tensor), tensor.device, context)
+    padded = _pad_to(tensor, max(sizes))
+    pieces = [torch.empty_like(padded) for _ in range(context.world_size)]
+    dist.all_gather(pieces, padded)
+    return torch.cat([piece[:size] for piece, size in zip(pieces, sizes)])
+
+
+def _gather_sizes(size: int, device: torch.device, context: DistContext) -> list[int]:
+    local = torch.tensor([size], device=device, dtype=torch.long)
+    sizes = [torch.empty_like(local) for _ in range(context.world_size)]
+    dist.all_gather(sizes, local)
+    return [int(s.item()) for s in sizes]
+
+
+def _pad_to(tensor: torch.Tensor, size: int) -> torch.Tensor:
+    if len(tensor) == size:
+        return tensor.contiguous()
+    pad = tensor.new_zeros((size - len(tensor), *tensor.shape[1:]))
+    return torch.cat([tensor, pad])
