@@ -14,7 +14,8 @@ Splits: the option ``split_dir=FOLDER`` takes a user's split CSVs, e.g. CHAVES's
 ``test*.csv`` with an ``image`` column (bare id or ``ISIC_2019_Training_Input/<id>``, with or
 without ``.jpg``) and optionally ``label`` (checked against the ground truth). Only the listed
 images are used. Without it: grouped (``lesion_id`` from the metadata CSV when present), stratified,
-seeded splits. Low-data subsets: ``low_data=0.01`` / ``0.1`` with ``low_data_seed=1..5``, drawn
+seeded splits. ``groups=image`` ignores lesion ids (each image its own group): needed for split
+CSVs that put one lesion in two splits, which are otherwise refused as leaking. Low-data subsets: ``low_data=0.01`` / ``0.1`` with ``low_data_seed=1..5``, drawn
 from train only. Subgroups (metadata CSV): ``sex``, ``age``, ``site``.
 """
 from __future__ import annotations
@@ -94,8 +95,11 @@ def read_split_dir(folder: Path) -> pd.DataFrame:
 
 
 def build_isic2019(root: Path | None, options: dict) -> FileImageDataset:
-    check_options(NAME, options, ("split_dir",))
+    check_options(NAME, options, ("split_dir", "groups"))
     task = choose_task(NAME, options, TASKS)
+    grouping = str(options.get("groups", "lesion")).lower()
+    if grouping not in ("lesion", "image"):
+        raise DatasetError(f"dataset '{NAME}': groups must be 'lesion' (lesion_id, default) or 'image', got '{grouping}'")
     root = resolve_root(NAME, root, "isic2019", GROUND_TRUTH)
     gt_path = find_first(root, (GROUND_TRUTH,))
     if gt_path is None:
@@ -105,6 +109,11 @@ def build_isic2019(root: Path | None, options: dict) -> FileImageDataset:
     check_unique(frame["image"], "image", NAME, gt_path)
     frame["dx"] = diagnosis_from_one_hot(frame, gt_path)
     frame = _join_metadata(frame, root)
+    if grouping == "image":
+        frame["group"] = frame["image"]
+        extra_name = ["image-groups"]
+    else:
+        extra_name = []
     if task == "8-class":
         classes = list(EIGHT_CLASSES)
         frame = frame[frame["dx"] != "UNK"].copy()
@@ -114,8 +123,7 @@ def build_isic2019(root: Path | None, options: dict) -> FileImageDataset:
         frame = frame[frame["dx"].isin(("MEL",) + MELANOMA_NEGATIVES)].copy()
         frame["label"] = (frame["dx"] == "MEL").astype(int)
     frame = frame.reset_index(drop=True)
-    info: dict = {"primary_metric": primary_metric_for(len(classes))}
-    extra_name = []
+    info: dict = {"primary_metric": primary_metric_for(len(classes)), "groups": grouping}
     if options.get("split_dir"):
         frame = _apply_split_dir(frame, Path(str(options["split_dir"])).expanduser(), task)
         info["split_dir"] = str(options["split_dir"])
@@ -177,6 +185,13 @@ def _apply_split_dir(frame: pd.DataFrame, folder: Path, task: str) -> pd.DataFra
             raise DatasetError(f"dataset '{NAME}': split CSV labels disagree with the ground truth for {len(wrong)} "
                                f"image(s), e.g. {wrong.head(3).tolist()}; is the task option right?")
         merged = merged.drop(columns=["split_label"])
+    leaking = merged.groupby("group")["split"].nunique()
+    leaking = leaking[leaking > 1]
+    if len(leaking):
+        raise DatasetError(f"dataset '{NAME}': split_dir {folder} puts {len(leaking)} lesion(s) (lesion_id in {METADATA}) "
+                           f"in more than one split, e.g. {leaking.index[:3].tolist()}: these splits leak. To use them "
+                           f"anyway (e.g. to reproduce a published protocol), add --dataset-option groups=image; the "
+                           f"dataset name then ends in -image-groups so the records say so")
     dropped = len(frame) - len(merged)
     if dropped:
         log.info("isic2019: %d image(s) of the task are in no split CSV and are left out", dropped)
