@@ -93,5 +93,6 @@ DATASETS.add(NAME, DatasetSpec(
     name=NAME, build=build_chestxray14, tasks=tuple(TASKS),
     description="NIH ChestX-ray14, single-label 7-finding subset, patient-grouped, sex/age/view subgroups",
     files_present=lambda root: root is not None and (Path(root) / CSV_NAME).is_file(),
-    source="https://nihcc.app.box.com/v/ChestXray-NIHCC", licence="CC0 (NIH Clinical Center; cite Wang et al. 2017)",
+    source="https://nihcc.app.box.com/v/ChestXray-NIHCC",
+    licence="public, no restrictions stated by the NIH Clinical Center; cite Wang et al. 2017",
     extra={"folder": "chestx-ray14"}))

@@ -128,7 +128,7 @@ def build_isic2019(root: Path | None, options: dict) -> FileImageDataset:
         frame = _apply_split_dir(frame, Path(str(options["split_dir"])).expanduser(), task)
         info["split_dir"] = str(options["split_dir"])
         extra_name.append("splits-" + Path(str(options["split_dir"])).name)
-    index = ImageIndex([root / IMAGE_FOLDER, root / IMAGE_FOLDER / IMAGE_FOLDER])
+    index = ImageIndex([root / IMAGE_FOLDER])  # also finds the zip's doubled Input/Input/ nesting
     if len(index) == 0:
         index = ImageIndex([root])
     names = [n if index.lookup(n) is not None else f"{n}_downsampled" for n in frame["image"]]
