@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from datasets.base import ImageDataset
+from pretrained.architectures import state_fingerprint
 from pretrained.encoder import Encoder, LoadOptions
 from pretrained.registry import ENCODERS
 from pretrained.ssl import distributed
@@ -252,7 +253,8 @@ def pretrain(config: PretrainConfig, data: PretrainData, work_dir: Path, *, devi
     for epoch in range(start_epoch, config.epochs):
         train_model.train()
         order = epoch_order(len(images), epoch, config.seed, labels_all if config.balanced else None)
-        epoch_loss, epoch_count = 0.0, 0
+        epoch_loss: torch.Tensor | float = 0.0
+        epoch_count = 0
         for step, batch in enumerate(batch_plan(order, config.batch_size, min_batch)):
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(epoch * steps_per_epoch + step, total_steps, config)
@@ -276,16 +278,17 @@ def pretrain(config: PretrainConfig, data: PretrainData, work_dir: Path, *, devi
                 loss = nt_xent(z1, z2, temperature)
             else:
                 loss = supcon(z1, z2, labels_tensor[batch_index], temperature)
-            if not torch.isfinite(loss):
-                raise ValueError(f"the {config.method} loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
-                                 f"lower --lr or raise --temperature")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            epoch_loss += float(loss.detach()) * len(batch)
+            epoch_loss = epoch_loss + loss.detach() * len(batch)  # stays on the device: no sync per step
             epoch_count += len(batch)
             images_seen += 2 * len(batch)
-        losses.append(epoch_loss / epoch_count)
+        mean_loss = float(epoch_loss) / epoch_count
+        if not math.isfinite(mean_loss):  # before saving: the last saved state stays a good one
+            raise ValueError(f"the {config.method} loss became {mean_loss} in epoch {epoch + 1}; "
+                             f"lower --lr or raise --temperature")
+        losses.append(mean_loss)
         seconds = seconds_before + time.perf_counter() - start_time
         if context.is_main:
             _atomic_save({"format": STATE_FORMAT, "config_digest": config.digest(), "config": config.to_dict(),
@@ -324,4 +327,7 @@ def pretrain(config: PretrainConfig, data: PretrainData, work_dir: Path, *, devi
         "device": str(device), "world_size": context.world_size, "amp": "bf16" if autocast is not None else "fp32",
         "resumed_from_epoch": start_epoch, "config_digest": config.digest(), "torch": torch.__version__,
     }
+    # the trained weights are no longer the init's: fresh provenance, so no cache keyed on it is reused
+    encoder.provenance = {"source": f"{config.method}-pretraining", "architecture": encoder.provenance.get("architecture"),
+                          "weights_sha256": state_fingerprint(encoder), "pretraining": provenance}
     return PretrainResult(encoder, provenance, losses, start_epoch, state_path)

@@ -34,6 +34,8 @@ def test_a_tiny_run_lowers_the_loss(tiny_encoder, mini_synthderm, tmp_path):
     assert result.losses[-1] < result.losses[0] - 0.05
     assert result.provenance["final_loss"] == result.losses[-1]
     assert result.provenance["init"] == "tiny-cnn" and result.provenance["method"] == "simclr"
+    init_sha = result.provenance["init_weights_sha256"]
+    assert result.encoder.provenance["weights_sha256"] not in (None, init_sha)  # never mistaken for the init
     features = result.encoder(torch.rand(2, 3, 24, 24))
     assert features.shape == (2, 16) and torch.isfinite(features).all()
 
