@@ -83,17 +83,20 @@ def lite_preprocessing(variant: LiteVariant) -> Preprocessing:
 
 # -- locating the weights inside the installed wheel ----------------------------------------------
 def package_weights_file(variant: LiteVariant) -> Path | None:
-    """The ``.pth`` inside the installed weights package, or ``None`` when the package is absent."""
+    """The ``.pth`` inside the installed weights package, or ``None`` when the package is absent.
+
+    Raises :class:`CheckpointError` when the package is installed but does not hold exactly one file.
+    """
     if importlib.util.find_spec(variant.module) is None:
         return None
     folder = importlib.resources.files(variant.module) / "models"
-    if not folder.is_dir():
-        return None
-    files = sorted(Path(str(entry)) for entry in folder.iterdir() if fnmatch.fnmatch(entry.name, variant.weights_glob))
-    if len(files) > 1:
-        raise CheckpointError(f"package {variant.module} holds several weight files {[f.name for f in files]}; "
-                              f"reinstall it: pip install --force-reinstall {variant.distribution}=={variant.version}")
-    return files[0] if files else None
+    files = sorted(Path(str(entry)) for entry in folder.iterdir()
+                   if fnmatch.fnmatch(entry.name, variant.weights_glob)) if folder.is_dir() else []
+    if len(files) != 1:
+        raise CheckpointError(f"package {variant.distribution} should hold one {variant.weights_glob} in {folder}, "
+                              f"found {[f.name for f in files]}; reinstall it: "
+                              f"pip install --force-reinstall {variant.distribution}=={variant.version}")
+    return files[0]
 
 
 def package_version(variant: LiteVariant) -> str | None:
@@ -105,7 +108,10 @@ def package_version(variant: LiteVariant) -> str | None:
 
 def imagenet_status(variant: LiteVariant, options: LoadOptions) -> WeightsStatus:
     """Present iff the weights package is installed and holds its weights file."""
-    path = package_weights_file(variant)
+    try:
+        path = package_weights_file(variant)
+    except CheckpointError as error:
+        return WeightsStatus(False, str(error), how_to_get=variant.install_hint)
     if path is None:
         return WeightsStatus(False, f"not installed: pip install {variant.distribution}=={variant.version}",
                              how_to_get=variant.install_hint)
@@ -211,7 +217,8 @@ def _timm_version() -> str:
 
 
 # -- builders -------------------------------------------------------------------------------------
-def _load_imagenet(variant: LiteVariant) -> tuple[LiteTrunk, nn.Linear, dict]:
+def load_imagenet(variant: LiteVariant) -> tuple[LiteTrunk, nn.Linear, dict]:
+    """Trunk and ImageNet head loaded strictly from the package's file, plus the provenance record."""
     path = require_weights(variant)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -239,7 +246,7 @@ def _load_imagenet(variant: LiteVariant) -> tuple[LiteTrunk, nn.Linear, dict]:
 def imagenet_encoder(variant: LiteVariant, name: str, options: LoadOptions) -> Encoder:
     """ImageNet EfficientNet-Lite encoder: pooled 1280-d features, classifier dropped (kept by
     :func:`imagenet_classifier`). All parameters are trainable (usable as an init for fine-tuning/SSL)."""
-    trunk, _, provenance = _load_imagenet(variant)
+    trunk, _, provenance = load_imagenet(variant)
     return Encoder(name, trunk, GlobalAvgPool(), FEATURE_DIM, lite_preprocessing(variant), provenance)
 
 
@@ -254,10 +261,12 @@ class LiteClassifier(nn.Module):
         return self.head(self.encoder(x))
 
 
-def imagenet_classifier(variant_name: str = "lite0", options: LoadOptions | None = None) -> LiteClassifier:
+def imagenet_classifier(variant_name: str = "lite0") -> LiteClassifier:
     """The full ImageNet-1k classifier (for known-answer checks); eval mode."""
+    if variant_name not in VARIANTS:
+        raise ValueError(f"unknown EfficientNet-Lite variant {variant_name!r}; choose from {sorted(VARIANTS)}")
     variant = VARIANTS[variant_name]
-    trunk, head, provenance = _load_imagenet(variant)
+    trunk, head, provenance = load_imagenet(variant)
     encoder = Encoder(f"efficientnet-{variant.name}", trunk, GlobalAvgPool(), FEATURE_DIM,
                       lite_preprocessing(variant), provenance)
     return LiteClassifier(encoder, head).eval()

