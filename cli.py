@@ -97,6 +97,9 @@ def common_run_options(func: Callable) -> Callable:
                      help="Folder searched first for checkpoints (then $MEDTRANSFER_WEIGHTS, ~/.cache/medtransfer/weights)."),
         click.option("--trust-checkpoint", is_flag=True,
                      help="Allow checkpoint formats that need full unpickling (only for files you trust)."),
+        click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+                     help="Weights file for --model local:ARCH (any torchvision or timm:NAME architecture)."),
+        click.option("--key-prefix", default="", help="Backbone key prefix in --checkpoint, e.g. module.encoder_q."),
         click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True, help="Extraction batch size."),
         click.option("--workers", type=click.IntRange(0), default=None, help="DataLoader workers (default: cores - 1, max 8)."),
         click.option("--image-size", type=click.IntRange(16), default=None,
@@ -133,6 +136,18 @@ def _settings(results_dir: Path, cache_dir: Path | None, no_cache: bool, device:
                        overwrite=overwrite, progress=_progress_factory())
 
 
+def _resolve_local_model(model: str, checkpoint: Path | None, key_prefix: str) -> str:
+    """``local:ARCH`` + --checkpoint -> a registered ad hoc encoder name; other names pass through."""
+    if not model.lower().startswith("local:"):
+        if checkpoint is not None:
+            raise click.UsageError(f"--checkpoint only applies to --model local:ARCH (got --model {model})")
+        return model
+    if checkpoint is None:
+        raise click.UsageError(f"--model {model} needs --checkpoint FILE (and usually --key-prefix)")
+    from pretrained.local_registry import adhoc_local_encoder
+    return adhoc_local_encoder(model.split(":", 1)[1], checkpoint, key_prefix)
+
+
 def _print_outcome(outcome) -> None:
     if outcome.status == "skipped":
         click.echo(f"skipped (record exists, use --overwrite to recompute): {outcome.path}")
@@ -163,11 +178,17 @@ def cli() -> None:
     """
 
 
-@cli.command()
+@cli.group(invoke_without_command=True)
 @click.option("--weights-dir", type=click.Path(path_type=Path), default=None, help="Extra folder searched for checkpoints.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def models(weights_dir: Path | None, as_json: bool) -> None:
-    """List registered encoders: name, architecture, feature dim, weights present or not."""
+@click.pass_context
+def models(ctx: click.Context, weights_dir: Path | None, as_json: bool) -> None:
+    """List registered encoders: name, architecture, feature dim, weights present or not.
+
+    Subcommands `models add` / `models remove` manage local encoders (your own checkpoints).
+    """
+    if ctx.invoked_subcommand is not None:
+        return
     from tabulate import tabulate
     from pretrained.encoder import LoadOptions
     from pretrained.registry import ENCODERS
@@ -185,6 +206,137 @@ def models(weights_dir: Path | None, as_json: bool) -> None:
         click.echo(tabulate(rows, headers="keys", tablefmt="github"))
     for plugin, error in ENCODERS.plugin_errors.items():
         click.echo(f"warning: plugin '{plugin}' failed to load: {error}", err=True)
+
+
+PREPROCESSING_PRESETS = ("default", "imagenet", "unit", "cxr", "histogram")
+
+
+def _preprocessing_preset(preset: str, input_size: int | None):
+    """--preprocessing NAME -> Preprocessing (None = the architecture's default)."""
+    from pretrained.preprocessing import CXR_MEAN, CXR_STD, Preprocessing
+    size = input_size or 224
+    presets = {
+        "imagenet": Preprocessing(input_size=size, resize_size=size),
+        "unit": Preprocessing(input_size=size, resize_size=size, mean=None, std=None),
+        "cxr": Preprocessing(input_size=size, resize_size=size, mean=CXR_MEAN, std=CXR_STD, grayscale=True),
+        "histogram": Preprocessing(input_size=size, resize_size=size, mean=None, std=None, grayscale=True,
+                                   histogram_normalize=True),
+    }
+    if preset == "default":
+        if input_size:
+            raise click.UsageError("--input-size needs an explicit --preprocessing preset")
+        return None
+    return presets[preset]
+
+
+@models.command("add")
+@click.argument("name")
+@click.option("--arch", required=True, help="torchvision name (resnet50, densenet121, efficientnet_b0, ...) or timm:NAME.")
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The weights file (.pth/.pt/.ckpt/.tar/.safetensors).")
+@click.option("--key-prefix", default="", show_default=True, help="Prefix of the backbone keys, e.g. module.encoder_q.")
+@click.option("--preprocessing", type=click.Choice(PREPROCESSING_PRESETS), default="default", show_default=True,
+              help="Input pipeline: default (the architecture's), imagenet (mean/std), unit ([0,1], no mean/std), "
+                   "cxr (grey, CXR mean/std), histogram (grey, histogram equalisation to 0..255).")
+@click.option("--input-size", type=click.IntRange(16), default=None, help="Input resolution (with a preset).")
+@click.option("--kind", type=click.Choice(["user", "in-domain"]), default="user", show_default=True,
+              help="Shown in `cli.py models`.")
+@click.option("--licence", default="", help="Licence of the weights (recorded).")
+@click.option("--description", default="", help="One line shown in `cli.py models`.")
+@click.option("--trust-checkpoint", is_flag=True, help="Allow a file that needs full unpickling (only if you trust it).")
+def models_add(name: str, arch: str, checkpoint: Path, key_prefix: str, preprocessing: str, input_size: int | None,
+               kind: str, licence: str, description: str, trust_checkpoint: bool) -> None:
+    """Register your own checkpoint as encoder NAME (no code; saved in the local registry).
+
+    The file is loaded once now, so a wrong --arch or --key-prefix fails here with the keys that
+    do not fit. Example: python cli.py models add resnet50-mine --arch resnet50
+    --checkpoint ckpt.pth.tar --key-prefix module.encoder_q.
+    """
+    from pretrained.encoder import LoadOptions
+    from pretrained.local_registry import (build_local_encoder, check_new_local_name, local_registry_path,
+                                           register_local_encoder)
+    prep = _preprocessing_preset(preprocessing, input_size)
+
+    def action():
+        existed = check_new_local_name(name)
+        entry = {"arch": arch, "checkpoint": str(checkpoint.resolve()), "key_prefix": key_prefix,
+                 "preprocessing": prep.to_dict() if prep else None}
+        encoder = build_local_encoder(name, entry, LoadOptions(trust_checkpoint=trust_checkpoint))  # fail now
+        registered = register_local_encoder(name, arch, checkpoint, key_prefix, prep, kind=kind, licence=licence,
+                                            description=description)
+        return encoder, registered, existed
+    encoder, registered, existed = _run_user_action(action)
+    click.echo(f"{'updated' if existed else 'added'} local encoder '{registered.name}': {arch}, "
+               f"{registered.feature_dim}-d features, sha256 {encoder.provenance['weights_sha256'][:16]}..., "
+               f"dropped {encoder.provenance['dropped_keys'] or 'nothing'}, ignored {encoder.provenance['ignored_keys']} keys")
+    click.echo(f"saved in {local_registry_path()}; use it with --model {registered.name}")
+
+
+@models.command("remove")
+@click.argument("name")
+def models_remove(name: str) -> None:
+    """Remove local encoder NAME from the local registry (the checkpoint file is kept)."""
+    from pretrained.local_registry import remove_local_encoder
+    _run_user_action(lambda: remove_local_encoder(name))
+    click.echo(f"removed local encoder '{name}'")
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--weights-dir", type=click.Path(path_type=Path), default=None, help="Extra folder searched first.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (full sha256).")
+@click.pass_context
+def weights(ctx: click.Context, weights_dir: Path | None, as_json: bool) -> None:
+    """List every checkpoint file: encoder, file, present or not, sha256, where to get it.
+
+    Folders searched: --weights-dir, $MEDTRANSFER_WEIGHTS, ~/.cache/medtransfer/weights (and the
+    torch hub cache for torchvision weights). `weights download NAME` fetches one.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from tabulate import tabulate
+    from pretrained.weights_listing import weights_rows
+    rows = weights_rows(weights_dir)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = [{"encoder": r["encoder"], "file": r["file"], "present": r["path"] or "no",
+              "sha256": (r["sha256"][:16] + "...") if r["sha256"] else "", "get it from": r["where"]} for r in rows]
+    click.echo(tabulate(table, headers="keys", tablefmt="github"))
+
+
+@weights.command("download")
+@click.argument("name")
+@click.option("--weights-dir", type=click.Path(path_type=Path), default=None,
+              help="Where to put the file (default: first of $MEDTRANSFER_WEIGHTS, ~/.cache/medtransfer/weights).")
+@click.option("--force", is_flag=True, help="Download even if a file for this encoder is already present.")
+def weights_download(name: str, weights_dir: Path | None, force: bool) -> None:
+    """Download the checkpoint of encoder NAME (resumes an interrupted download, checks sha256)."""
+    from pretrained.download import DownloadError, download_file
+    from pretrained.weights_listing import download_plan
+    plan = _run_user_action(lambda: download_plan(name, weights_dir, force))
+    if plan.present is not None:
+        click.echo(f"{plan.encoder}: already present at {plan.present} (use --force to download again)")
+        return
+    click.echo(f"{plan.encoder}: {plan.source.url}\n  -> {plan.dest}", err=True)
+    bar = {"bar": None, "shown": 0}
+
+    def progress(done: int, total: int | None) -> None:
+        if bar["bar"] is None:
+            bar["bar"] = click.progressbar(length=total or 0, label=plan.dest.name, file=sys.stderr,
+                                           show_pos=True, show_percent=total is not None)
+            bar["bar"].__enter__()
+        bar["bar"].update(done - bar["shown"])
+        bar["shown"] = done
+    try:
+        result = download_file(plan.source.url, plan.dest, plan.source.sha256, progress=progress)
+    except DownloadError as error:
+        raise click.ClickException(str(error)) from None
+    finally:
+        if bar["bar"] is not None:
+            bar["bar"].__exit__(None, None, None)
+    resumed = f" (resumed at {result.resumed_from} bytes)" if result.resumed_from else ""
+    check = "verified" if result.checksum_verified else "no expected checksum known; record it"
+    click.echo(f"installed {result.path}{resumed}\n  sha256 {result.sha256} ({check})")
 
 
 @cli.command("datasets")
@@ -223,12 +375,15 @@ def run_evaluator_command(evaluator: str, model: str, dataset: str, root: Path |
     from benchmark.runner import Cell, Runner
     from datasets.registry import DATASETS
     overrides = _parse_pairs(option, "--option")
+    checkpoint, key_prefix = common.pop("checkpoint"), common.pop("key_prefix")
 
     def action():
+        model_name = _resolve_local_model(model, checkpoint, key_prefix)
         dataset_name = DATASETS.resolve(dataset)
         settings = _settings(roots={dataset_name: root} if root else {},
                              dataset_options={dataset_name: _parse_pairs(dataset_option, "--dataset-option")}, **common)
-        return Runner(settings).run(Cell(model, dataset_name, evaluator, preset=preset, overrides=overrides, variant=variant))
+        return Runner(settings).run(Cell(model_name, dataset_name, evaluator, preset=preset, overrides=overrides,
+                                         variant=variant))
     _print_outcome(_run_user_action(action))
 
 
@@ -301,6 +456,8 @@ def benchmark(models_, datasets_, evaluators_, roots, shard, dry_run, **common) 
     Finished cells are skipped, so a killed run resumes where it stopped.
     """
     _setup_logging(common.pop("verbose"))
+    checkpoint, key_prefix = common.pop("checkpoint"), common.pop("key_prefix")
+    models_ = tuple(_run_user_action(lambda: [_resolve_local_model(m, checkpoint, key_prefix) for m in models_]))
     from benchmark.leaderboard import write_leaderboard
     from benchmark.main_job import plan_cells
     from benchmark.records import record_exists
