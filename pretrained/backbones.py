@@ -81,8 +81,10 @@ class TimmEncoder(Encoder):
             return out
         model = self.trunk.model
         patches = out[:, getattr(model, "num_prefix_tokens", 1):]
-        patch_h, patch_w = model.patch_embed.patch_size
-        h, w = math.ceil(x.shape[-2] / patch_h), math.ceil(x.shape[-1] / patch_w)
+        if hasattr(model.patch_embed, "dynamic_feat_size"):
+            h, w = model.patch_embed.dynamic_feat_size(tuple(x.shape[-2:]))
+        else:
+            h, w = (size // patch for size, patch in zip(x.shape[-2:], model.patch_embed.patch_size))
         if h * w != patches.shape[1]:
             raise ValueError(f"cannot arrange {patches.shape[1]} patch tokens on a {h}x{w} grid")
         return patches.transpose(1, 2).reshape(out.shape[0], out.shape[-1], h, w)
@@ -139,7 +141,7 @@ def _timm_backbone(name: str, seed: int) -> Backbone:
     from timm.data import resolve_data_config
     if not timm.is_model(name):
         raise ValueError(f"timm does not know the architecture '{name}'")
-    kwargs = {"dynamic_img_size": True} if name.startswith(("vit_", "deit_", "eva", "beit")) else {}
+    kwargs = {"dynamic_img_size": True, "dynamic_img_pad": True} if name.startswith(("vit_", "deit_", "eva", "beit")) else {}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
@@ -147,8 +149,9 @@ def _timm_backbone(name: str, seed: int) -> Backbone:
     size = int(config["input_size"][-1])
     crop_pct = float(config.get("crop_pct") or 1.0)
     interpolation = config.get("interpolation", "bicubic")
+    interpolation = interpolation if interpolation in ("bicubic", "bilinear", "nearest") else "bicubic"
     preprocessing = Preprocessing(input_size=size, resize_size=int(math.floor(size / crop_pct)),
-                                  interpolation=interpolation if interpolation in ("bicubic", "bilinear", "nearest") else "bicubic",
+                                  interpolation=interpolation,
                                   mean=tuple(config["mean"]), std=tuple(config["std"]))
     classifier = model.pretrained_cfg.get("classifier", "head")
     heads = classifier if isinstance(classifier, (tuple, list)) else (classifier,)

@@ -83,7 +83,8 @@ def _weights_only_reason(error: BaseException) -> str:
         return f"it stores the Python object '{match.group(1)}', which needs full unpickling"
     match = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", text, re.S)
     detail = f" ({match.group(1).strip()})" if match else ""
-    return f"it is not a plain PyTorch weights file, or it is corrupt{detail}; files pickled with other tools need full unpickling"
+    return (f"it is not a plain PyTorch weights file, or it is corrupt{detail}; "
+            f"files pickled with other tools need full unpickling")
 
 
 def _first_line(error: BaseException) -> str:

@@ -156,7 +156,8 @@ def local_spec(name: str, entry: dict[str, Any]) -> EncoderSpec:
         if not entry.get(required):
             raise ValueError(f"local encoder '{name}' has no '{required}'")
     feature_dim = entry.get("feature_dim") or feature_dim_of(entry["arch"])
-    sources = (WeightsSource(entry["checkpoint"], "local", how_to_get=f"local file (registered in {local_registry_path()})"),)
+    sources = (WeightsSource(entry["checkpoint"], "local",
+                             how_to_get=f"local file (registered in {local_registry_path()})"),)
     return EncoderSpec(
         name=name, architecture=entry["arch"], feature_dim=int(feature_dim),
         build=partial(build_local_encoder, name, dict(entry)), kind=entry.get("kind") or "user",

@@ -69,7 +69,8 @@ def find_first(sources: tuple[WeightsSource, ...], dirs: list[Path]) -> tuple[We
 def how_to_get(sources: tuple[WeightsSource, ...], encoder: str = "ENCODER") -> str:
     lines = [f"  - {s.filename}: {s.where_to_get()}" for s in sources]
     download = f" (or run `python cli.py weights download {encoder}`)" if any(s.url for s in sources) else ""
-    return f"Put {'one of these files' if len(sources) > 1 else 'this file'} in a weights folder{download}:\n" + "\n".join(lines)
+    which = "one of these files" if len(sources) > 1 else "this file"
+    return f"Put {which} in a weights folder{download}:\n" + "\n".join(lines)
 
 
 def require_first(sources: tuple[WeightsSource, ...], dirs: list[Path], encoder: str = "ENCODER"

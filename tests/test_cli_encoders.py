@@ -39,8 +39,10 @@ def moco_v2_file(path: Path, arch: str = "resnet50", seed: int = 0) -> Path:
     model = getattr(torchvision.models, arch)(weights=None)
     dim = model.fc.in_features
     state = OrderedDict(("module.encoder_q." + k, v) for k, v in model.state_dict().items() if not k.startswith("fc."))
-    state.update({"module.encoder_q.fc.0.weight": torch.randn(dim, dim) * 0.01, "module.encoder_q.fc.0.bias": torch.zeros(dim),
-                  "module.encoder_q.fc.2.weight": torch.randn(128, dim) * 0.01, "module.encoder_q.fc.2.bias": torch.zeros(128),
+    state.update({"module.encoder_q.fc.0.weight": torch.randn(dim, dim) * 0.01,
+                  "module.encoder_q.fc.0.bias": torch.zeros(dim),
+                  "module.encoder_q.fc.2.weight": torch.randn(128, dim) * 0.01,
+                  "module.encoder_q.fc.2.bias": torch.zeros(128),
                   "module.queue": torch.randn(128, 64), "module.queue_ptr": torch.zeros(1, dtype=torch.long)})
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.03).state_dict()
     torch.save({"epoch": 800, "arch": arch, "state_dict": state, "optimizer": optimizer}, path)
