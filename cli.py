@@ -12,6 +12,7 @@ import click
 
 DEFAULT_RESULTS = Path("results")
 EVALUATOR_COMMANDS = ("linear",)
+MAIN_JOB_IMAGE_SIZE = 128
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -102,7 +103,7 @@ def common_run_options(func: Callable) -> Callable:
         click.option("--key-prefix", default="", help="Backbone key prefix in --checkpoint, e.g. module.encoder_q."),
         click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True, help="Extraction batch size."),
         click.option("--workers", type=click.IntRange(0), default=None, help="DataLoader workers (default: cores - 1, max 8)."),
-        click.option("--image-size", type=click.IntRange(16), default=None,
+        click.option("--image-size", type=click.IntRange(0), default=None,
                      help="Override every encoder's input resolution (recorded in the protocol)."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed for splits, bootstrap and episodes."),
         click.option("--split-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
@@ -128,7 +129,7 @@ def _settings(results_dir: Path, cache_dir: Path | None, no_cache: bool, device:
     except (ValueError, RuntimeError) as error:
         raise click.BadParameter(str(error), param_hint="--device") from None
     extraction = ExtractionSettings(device=torch_device, cache_dir=None if no_cache else (cache_dir or default_cache_dir()),
-                                    batch_size=batch_size, num_workers=workers, image_size=image_size)
+                                    batch_size=batch_size, num_workers=workers, image_size=image_size or None)
     return RunSettings(results_dir=results_dir, extraction=extraction,
                        load_options=LoadOptions(weights_dir=str(weights_dir) if weights_dir else None,
                                                 trust_checkpoint=trust_checkpoint),
@@ -340,21 +341,156 @@ def weights_download(name: str, weights_dir: Path | None, force: bool) -> None:
 
 
 @cli.command("datasets")
-@click.option("--root", "roots", multiple=True, help="NAME=DIR, to check whether a dataset's files are present.")
-def datasets_command(roots: tuple[str, ...]) -> None:
-    """List registered datasets, their tasks and whether their files are present."""
+@click.option("--root", "roots", multiple=True,
+              help="NAME=DIR: where a dataset's files are (default $MEDTRANSFER_DATA/<folder>); shows class counts.")
+@click.option("--counts/--no-counts", default=True, show_default=True,
+              help="Build datasets whose files are present to show their class counts.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def datasets_command(roots: tuple[str, ...], counts: bool, as_json: bool) -> None:
+    """List registered datasets: tasks, files present, class counts, source."""
     from tabulate import tabulate
+    from datasets.base import DatasetError
+    from datasets.common import default_data_dir
     from datasets.registry import DATASETS
-    root_map = {k: Path(v) for k, v in _parse_pairs(roots, "--root").items()}
+    root_map = {DATASETS.resolve(k) if k in DATASETS else k: Path(v)
+                for k, v in _parse_pairs(roots, "--root").items()}
     rows = []
     for name, spec in DATASETS.items():
         root = root_map.get(name)
-        rows.append({"name": name, "tasks": ", ".join(spec.tasks), "needs --root": "yes" if spec.needs_root else "no",
-                     "present": "yes" if spec.present(root) else ("?" if root is None else "no"),
-                     "source": spec.source, "description": spec.description})
-    click.echo(tabulate(rows, headers="keys", tablefmt="github"))
+        if root is None and spec.needs_root and spec.extra.get("folder"):
+            root = default_data_dir() / spec.extra["folder"]
+        present = spec.present(root)
+        classes = ""
+        if counts and present and spec.needs_root:
+            try:
+                dataset = spec.build(root, {})
+                classes = ", ".join(f"{k} {v}" for k, v in dataset.class_counts().items())
+            except (DatasetError, OSError) as error:
+                classes = f"error: {error}"
+        rows.append({"name": name, "tasks": ", ".join(spec.tasks), "present": "yes" if present else "no",
+                     "root": str(root) if root is not None and spec.needs_root else "",
+                     "classes": classes, "licence": spec.licence, "source": spec.source,
+                     "description": spec.description})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        shown = [{"name": r["name"], "tasks": r["tasks"], "files": r["present"], "classes": r["classes"],
+                  "description": r["description"]} for r in rows]
+        if not any(r["classes"] for r in shown):
+            shown = [{k: v for k, v in r.items() if k != "classes"} for r in shown]
+        click.echo(tabulate(shown, headers="keys", tablefmt="github", maxcolwidths=[None, 24, None, 50, 60]))
+        click.echo("\nTasks: --dataset-option task=NAME (first listed is the default). Layouts, licences and "
+                   "sources: docs/datasets.md", err=True)
     for plugin, error in DATASETS.plugin_errors.items():
         click.echo(f"warning: plugin '{plugin}' failed to load: {error}", err=True)
+
+
+@cli.group("data")
+def data_group() -> None:
+    """Check and download dataset files."""
+
+
+@data_group.command("check")
+@click.argument("name")
+@click.option("--root", type=click.Path(path_type=Path), default=None,
+              help="The dataset's folder (default $MEDTRANSFER_DATA/<folder>).")
+@click.option("--dataset-option", multiple=True, help="Dataset option KEY=VALUE (e.g. task=melanoma).")
+@click.option("--quick", is_flag=True, help="Only check that files exist; do not decode every image.")
+@click.option("--workers", type=click.IntRange(1), default=2, show_default=True, help="Threads decoding images.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+@click.option("-v", "--verbose", count=True, help="-v info, -vv debug logging.")
+def data_check(name: str, root: Path | None, dataset_option: tuple[str, ...], quick: bool, workers: int,
+               as_json: bool, verbose: int) -> None:
+    """Validate a download: layout, CSV columns, duplicate ids, missing, unreadable or truncated images.
+
+    Exits with status 1 when something must be fixed (warnings such as an md5 mismatch do not fail).
+    """
+    _setup_logging(verbose)
+    from dataclasses import asdict
+    from datasets.check import check_download
+    options = _parse_pairs(dataset_option, "--dataset-option")
+    progress = None if as_json or quick else _progress_factory()
+
+    def action():
+        from datasets.registry import DATASETS
+        return check_download(DATASETS.resolve(name), root, options, decode=not quick, workers=workers,
+                               progress=progress)
+    report = _run_user_action(action)
+    if as_json:
+        click.echo(json.dumps({**asdict(report), "root": str(report.root) if report.root else None, "ok": report.ok},
+                              indent=2, default=str))
+    else:
+        facts = report.facts
+        if facts:
+            click.echo(f"{facts['name']}: {facts['images']} images, {facts['groups']} groups; task: {facts['task']}")
+            click.echo("classes: " + ", ".join(f"{k} {v}" for k, v in facts["class_counts"].items()))
+            if facts.get("split_sizes"):
+                click.echo("official splits: " + ", ".join(f"{k} {v}" for k, v in facts["split_sizes"].items()))
+            if facts["subgroups"]:
+                click.echo("subgroups: " + ", ".join(facts["subgroups"]))
+        for problem in report.problems:
+            click.echo(f"{problem.severity.upper()} [{problem.kind}] {problem.message}")
+            for example in problem.examples:
+                click.echo(f"    {example}")
+        click.echo("OK: no problems found" if not report.problems else
+                   ("OK with warnings" if report.ok else "FAILED: fix the errors above"))
+    if not report.ok:
+        sys.exit(1)
+
+
+@data_group.command("download")
+@click.argument("name")
+@click.option("--size", type=click.Choice(["28", "64", "128", "224"]), default="28", show_default=True,
+              help="MedMNIST image size (64/128/224 are MedMNIST+ files).")
+@click.option("--dest", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder to write into (default $MEDTRANSFER_DATA/medmnist).")
+@click.option("--url", default=None, help="Download from this URL instead (a mirror).")
+@click.option("--md5", default=None, help="Expected md5 instead of the published one (e.g. for a mirror).")
+def data_download(name: str, size: str, dest: Path | None, url: str | None, md5: str | None) -> None:
+    """Download a dataset that can be fetched without registration (MedMNIST: medmnist:FLAG).
+
+    Resumes an interrupted download (``.part`` file) and checks the published md5; a mismatch is
+    reported and the file is not installed. Other datasets need a registration or a licence
+    click-through: docs/datasets.md says where to get each.
+    """
+    from datasets.common import default_data_dir
+    from datasets.download import DownloadError, download
+    from datasets.medmnist_info import MEDMNIST_2D, file_name, url as medmnist_url
+    key = name.strip().lower()
+    flag = key[len("medmnist:"):] if key.startswith("medmnist:") else None
+    if flag is None or flag not in MEDMNIST_2D:
+        known = ", ".join(f"medmnist:{f}" for f in MEDMNIST_2D)
+        raise click.BadParameter(f"'{name}' cannot be downloaded by this command; downloadable: {known}. "
+                                 f"For the others see docs/datasets.md (registration or licence needed).",
+                                 param_hint="NAME")
+    target = (dest or default_data_dir() / "medmnist") / file_name(flag, int(size))
+    expected = md5 or MEDMNIST_2D[flag]["md5"][int(size)]
+    source = url or medmnist_url(flag, int(size))
+    click.echo(f"downloading {source}\n  -> {target}", err=True)
+    state: dict = {}
+
+    def progress(done: int, total: int | None) -> None:
+        if "bar" not in state:
+            state["bar"] = click.progressbar(length=total or 0, label=target.name, file=sys.stderr)
+            state["bar"].__enter__()
+            state["last"] = 0
+            state["bar"].update(done)
+        else:
+            state["bar"].update(done - state["last"])
+        state["last"] = done
+
+    try:
+        result = download(source, target, expected, progress)
+    except DownloadError as error:
+        raise click.ClickException(str(error)) from None
+    finally:
+        if "bar" in state:
+            state["bar"].__exit__(None, None, None)
+    if result.skipped:
+        click.echo(f"already present, md5 ok: {result.path}")
+    else:
+        resumed = f" (resumed at {result.resumed_from} bytes)" if result.resumed_from else ""
+        click.echo(f"downloaded {result.path}{resumed}; md5 {result.md5} ok")
 
 
 def _evaluator_help(name: str) -> str:
@@ -453,11 +589,17 @@ def leaderboard(results_dir: Path, out: Path | None, show: bool) -> None:
 def benchmark(models_, datasets_, evaluators_, roots, shard, dry_run, **common) -> None:
     """The main job: encoders x datasets x evaluators into records, then the leaderboard.
 
-    Finished cells are skipped, so a killed run resumes where it stopped.
+    Finished cells are skipped, so a killed run resumes where it stopped. Without --image-size the
+    main job runs every encoder at 128 px (the embedded data's resolution, and a 2-core CPU budget);
+    pass --image-size 0 for each encoder's native resolution.
     """
     _setup_logging(common.pop("verbose"))
     checkpoint, key_prefix = common.pop("checkpoint"), common.pop("key_prefix")
     models_ = tuple(_run_user_action(lambda: [_resolve_local_model(m, checkpoint, key_prefix) for m in models_]))
+    if common["image_size"] is None:
+        common["image_size"] = MAIN_JOB_IMAGE_SIZE
+    elif common["image_size"] == 0:
+        common["image_size"] = None
     from benchmark.leaderboard import write_leaderboard
     from benchmark.main_job import plan_cells
     from benchmark.records import record_exists
