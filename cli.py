@@ -322,9 +322,10 @@ def weights_download(name: str, weights_dir: Path | None, force: bool) -> None:
     bar = {"bar": None, "shown": 0}
 
     def progress(done: int, total: int | None) -> None:
+        if total is None:  # no Content-Length: no bar, the final line gives the size
+            return
         if bar["bar"] is None:
-            bar["bar"] = click.progressbar(length=total or 0, label=plan.dest.name, file=sys.stderr,
-                                           show_pos=True, show_percent=total is not None)
+            bar["bar"] = click.progressbar(length=total, label=plan.dest.name, file=sys.stderr, show_pos=True)
             bar["bar"].__enter__()
         bar["bar"].update(done - bar["shown"])
         bar["shown"] = done
@@ -337,7 +338,7 @@ def weights_download(name: str, weights_dir: Path | None, force: bool) -> None:
             bar["bar"].__exit__(None, None, None)
     resumed = f" (resumed at {result.resumed_from} bytes)" if result.resumed_from else ""
     check = "verified" if result.checksum_verified else "no expected checksum known; record it"
-    click.echo(f"installed {result.path}{resumed}\n  sha256 {result.sha256} ({check})")
+    click.echo(f"installed {result.path} ({result.size} bytes){resumed}\n  sha256 {result.sha256} ({check})")
 
 
 @cli.command("datasets")

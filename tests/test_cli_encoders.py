@@ -25,6 +25,16 @@ TINY = ["--dataset", "synthderm", "--dataset-option", "n_lesions=100", "--datase
         "--image-size", "32", "-o", "n_boot=100", "-o", "wd_steps=4", "-o", "max_iter=50", "--workers", "0"]  # the probe is tested elsewhere
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """The probe's L-BFGS runs thousands of tiny ops: with 2 threads on a busy 2-core machine it
+    spends minutes spin-waiting (8 min vs 50 s wall measured), so these CLI runs use one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
