@@ -24,6 +24,7 @@ from pretrained.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
+LEGACY_TORCH_MAGIC = 0x1950A86A20F9469CFC6C  # first pickled object of pre-1.6 (non-zip) torch.save files
 TRUST_HINT = ("Unpickling can run arbitrary code: only if you trust where the file comes from, "
               "pass --trust-checkpoint (LoadOptions(trust_checkpoint=True)).")
 
@@ -54,13 +55,14 @@ def read_trusted(path: str | Path) -> Any:
     """Full unpickling of a trusted file (torch zip or legacy format, or a plain pickle)."""
     path = Path(path)
     try:
+        if not zipfile.is_zipfile(path):
+            with open(path, "rb") as handle:
+                first = LenientUnpickler(handle).load()
+            if first != LEGACY_TORCH_MAGIC:
+                return first  # a plain (dill) pickle, such as BYOL's haiku checkpoint
         return torch.load(path, map_location="cpu", weights_only=False, pickle_module=LENIENT_PICKLE)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, AttributeError, ValueError):
-        pass  # not a torch file: a plain (dill) pickle such as BYOL's haiku checkpoint
-    try:
-        with open(path, "rb") as handle:
-            return LenientUnpickler(handle).load()
-    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, TypeError, IndexError) as error:
+    except (RuntimeError, pickle.UnpicklingError, EOFError, AttributeError, ValueError, TypeError,
+            IndexError) as error:
         raise CheckpointError(f"cannot unpickle {path}: {_first_line(error)}") from None
 
 

@@ -382,3 +382,16 @@ def test_byol_haiku_pickle_converts_only_with_trust(r18, r18_features, images, t
     _expect_error(path, "byol-haiku", "full unpickling", "--trust-checkpoint")
     got = encoder_features("resnet18", path, "byol-haiku", images, trust=True)
     assert torch.allclose(got, r18_features, atol=1e-5)
+
+
+def test_legacy_non_zip_torch_files_load_weights_only(r18, r18_features, images, tmp_path):
+    """Checkpoints from 2020 (torch < 1.6) use the legacy, non-zip serialisation."""
+    path = tmp_path / "moco_v2_800ep_pretrain.pth.tar"
+    torch.save(moco_checkpoint(r18, "fc", mlp=True, root="module."), path, _use_new_zipfile_serialization=False)
+    assert torch.allclose(encoder_features("resnet18", path, "moco-v2", images), r18_features, atol=1e-5)
+
+
+def test_garbage_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "swav_800ep_pretrain.pth.tar"
+    path.write_bytes(b"<html>Dropbox sign-in page</html>")
+    _expect_error(path, "swav", "not a plain PyTorch weights file, or it is corrupt")
