@@ -106,7 +106,7 @@ def _run(context: EvalContext, options: dict) -> EvalOutput:
                     sorted(int(k) for k in skipped), context.dataset.name, smallest)
     if not feasible:
         raise ValueError(f"kshot-linear: no k in {ks} fits the train split (smallest class: {smallest} images)")
-    dtype = torch.float64 if context.device.type == "cpu" else torch.float32
+    dtype = torch.float64  # as the linear probe: float32 L-BFGS is not precise enough at large C
     scores: dict[int, list[dict]] = {k: [] for k in feasible}
     chosen: dict[int, list[float]] = {k: [] for k in feasible}
     supports: dict[str, dict[str, list[int]]] = {str(k): {} for k in feasible}
