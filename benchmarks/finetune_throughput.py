@@ -68,9 +68,7 @@ def compute_throughput(model, device, batch: int, size: int, classes: int, steps
         network = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-8)
     local = batch // distributed.world_size()
-    x = torch.randn(local, 3, size, size, device=device)
-    if device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = torch.randn(local, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, classes, (local,), device=device)
     dtype = autocast_dtype(device) if amp else None
     model.train()
@@ -144,9 +142,7 @@ def main() -> None:
     amp = not args.no_amp and device.type == "cuda"
     report = distributed.is_main_process()
     encoder = random_encoder(args.arch, args.arch, LoadOptions())
-    model = FineTuneModel(encoder, 1000, seed=0).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = FineTuneModel(encoder, 1000, seed=0).to(device, memory_format=torch.channels_last)  # as the Trainer
     images_per_second = compute_throughput(model, device, args.batch_size, args.image_size, 1000, args.steps,
                                            args.warmup, amp)
     flops_per_image = 3 * FORWARD_GFLOPS_224[args.arch] * 1e9 * (args.image_size / 224) ** 2
@@ -155,7 +151,7 @@ def main() -> None:
     if report:
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
         print(f"{args.arch} at {args.image_size} px, global batch {args.batch_size}, {world} process(es), "
-              f"{'bf16 autocast' if amp else 'fp32'}, channels_last={device.type == 'cuda'}, device {name}, "
+              f"{'bf16 autocast' if amp else 'fp32'}, channels_last, device {name}, "
               f"torch {torch.__version__}")
         print(f"compute (GPU-resident batch): {images_per_second:,.0f} images/s "
               f"({images_per_second / world:,.0f} per GPU), {images_per_second * flops_per_image / 1e12:,.1f} TFLOP/s achieved")

@@ -33,7 +33,10 @@ def train_augmentation(options: dict, size: int, preprocessing: Preprocessing) -
     """
     steps: list[Callable] = []
     if options.get("rrc_scale"):
-        lo, hi = (float(v) for v in options["rrc_scale"])
+        scale = options["rrc_scale"]
+        if not (isinstance(scale, (list, tuple)) and len(scale) == 2 and 0 < float(scale[0]) <= float(scale[1]) <= 1):
+            raise ValueError(f"rrc_scale must be [low, high] with 0 < low <= high <= 1 (or null for no crop), got {scale!r}")
+        lo, hi = float(scale[0]), float(scale[1])
         interpolation = options.get("rrc_interpolation", "bicubic")
         if interpolation not in _INTERPOLATION:
             raise ValueError(f"rrc_interpolation must be one of {sorted(_INTERPOLATION)}, got {interpolation!r}")

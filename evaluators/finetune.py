@@ -81,7 +81,7 @@ FINETUNE_PRESETS = {
         "rrc_interpolation": "bilinear", "hflip": True, "vflip": True, "rotation": 45, "hue": 0.2, "tta_copies": 50,
     },
     "quick": {
-        "steps": 24, "batch_size": 16, "lrs": [3e-2], "wds": [1e-4], "eval_every": 12, "patience": None,
+        "steps": 16, "batch_size": 16, "lrs": [1e-2], "wds": [1e-4], "eval_every": 8, "patience": None,
         "train_size": 96, "rrc_scale": [0.5, 1.0], "vflip": True, "balanced": True, "eval_batch_size": 64,
         "n_boot": 500,
     },
@@ -140,9 +140,7 @@ class EvalBatches:
 
 
 def _forward(model: nn.Module, x: torch.Tensor, device: torch.device, amp: bool) -> torch.Tensor:
-    x = x.to(device, non_blocking=True)
-    if device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
     dtype = autocast_dtype(device) if amp else None
     with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
         return model(x).float()
@@ -277,6 +275,7 @@ def run_finetune(context: EvalContext, options: dict) -> EvalOutput:
                               run_fingerprint, progress=progress)
             result = trainer.fit()
             weights = trainer.best_weights
+            del trainer, model  # free the device before the next setting
             done = {"fingerprint": json.dumps(run_fingerprint, sort_keys=True, default=str), "lr": lr, "wd": wd,
                     "best_step": result.best_step, "best_score": result.best_score, "steps_run": result.steps_run,
                     "stopped_early": result.stopped_early, "history": result.history,
@@ -291,9 +290,7 @@ def run_finetune(context: EvalContext, options: dict) -> EvalOutput:
     weights = _selected_weights(artifacts, best_index, chosen, best_weights, fingerprint)
     model = FineTuneModel(context.fresh_encoder(), n_classes, seed=0)
     model.load_state_dict(weights)
-    model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    model.to(device, memory_format=torch.channels_last)
     if distributed.is_main_process():
         if options["save_best"]:
             _save_atomic({"format": 1, "fingerprint": json.dumps(fingerprint, sort_keys=True, default=str),

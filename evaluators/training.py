@@ -19,7 +19,7 @@ One :class:`Trainer` trains one model with one (lr, wd). Protocol facts:
 * Under torchrun: DistributedDataParallel, the global batch split over ranks (same batches as
   one process), SyncBatchNorm on CUDA (``sync_bn``), BatchNorm buffers broadcast from rank 0
   before every validation, only rank 0 writes files.
-* bf16 autocast and channels_last on CUDA (``amp``).
+* channels_last memory format; bf16 autocast on CUDA (``amp``).
 """
 from __future__ import annotations
 
@@ -151,9 +151,7 @@ class Trainer:
     # -- public ---------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
         config, device = self.config, self.device
-        self.model.to(device)
-        if device.type == "cuda":
-            self.model.to(memory_format=torch.channels_last)
+        self.model.to(device, memory_format=torch.channels_last)  # faster for convolutions on GPUs and CPUs
         world = distributed.world_size()
         if world > 1 and device.type == "cuda" and config.sync_bn:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
@@ -195,8 +193,7 @@ class Trainer:
             self.model.train()
             images = images.to(device, non_blocking=True)
             targets = targets.to(device, non_blocking=True)
-            if device.type == "cuda":
-                images = images.contiguous(memory_format=torch.channels_last)
+            images = images.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 logits = network(images)
             loss = F.cross_entropy(logits.float(), targets)
