@@ -11,7 +11,7 @@ from typing import Any, Callable
 import click
 
 DEFAULT_RESULTS = Path("results")
-EVALUATOR_COMMANDS = ("linear",)
+EVALUATOR_COMMANDS = ("linear", "knn", "fewshot", "kshot-linear", "finetune")
 MAIN_JOB_IMAGE_SIZE = 128
 
 
@@ -124,17 +124,19 @@ def _settings(results_dir: Path, cache_dir: Path | None, no_cache: bool, device:
     from benchmark.runner import RunSettings
     from evaluators.base import ExtractionSettings
     from pretrained.encoder import LoadOptions
+    from benchmark import distributed
     try:
         torch_device = resolve_device(device)
     except (ValueError, RuntimeError) as error:
         raise click.BadParameter(str(error), param_hint="--device") from None
+    torch_device = _run_user_action(lambda: distributed.init_from_env(torch_device))  # under torchrun: join the group
     extraction = ExtractionSettings(device=torch_device, cache_dir=None if no_cache else (cache_dir or default_cache_dir()),
                                     batch_size=batch_size, num_workers=workers, image_size=image_size or None)
     return RunSettings(results_dir=results_dir, extraction=extraction,
                        load_options=LoadOptions(weights_dir=str(weights_dir) if weights_dir else None,
                                                 trust_checkpoint=trust_checkpoint),
                        roots=roots, dataset_options=dataset_options, seed=seed, split_file=split_file,
-                       overwrite=overwrite, progress=_progress_factory())
+                       overwrite=overwrite, progress=_progress_factory() if distributed.is_main_process() else None)
 
 
 def _resolve_local_model(model: str, checkpoint: Path | None, key_prefix: str) -> str:
@@ -150,6 +152,9 @@ def _resolve_local_model(model: str, checkpoint: Path | None, key_prefix: str) -
 
 
 def _print_outcome(outcome) -> None:
+    from benchmark.distributed import is_main_process
+    if not is_main_process():  # under torchrun only rank 0 reports
+        return
     if outcome.status == "skipped":
         click.echo(f"skipped (record exists, use --overwrite to recompute): {outcome.path}")
         return
@@ -618,7 +623,8 @@ def benchmark(models_, datasets_, evaluators_, roots, shard, dry_run, **common) 
             continue
         click.echo(f"[{number}/{len(cells)}] {identity.evaluator} {identity.encoder} on {identity.dataset}", err=True)
         _print_outcome(_run_user_action(lambda: runner.run(cell)))
-    if not dry_run:
+    from benchmark.distributed import is_main_process
+    if not dry_run and is_main_process():
         markdown, csv, board = write_leaderboard(settings.results_dir)
         click.echo(markdown.read_text())
         click.echo(f"wrote {markdown} and {csv}", err=True)

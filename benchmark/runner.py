@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import torch
 
+from benchmark import distributed
 from benchmark.records import Identity, ResultRecord, record_exists, record_path, write_record
 from datasets.base import ImageDataset
 from datasets.registry import DATASETS
@@ -110,7 +111,8 @@ class Runner:
     def run(self, cell: Cell) -> CellOutcome:
         identity = self.identity(cell)
         path = record_path(self.settings.results_dir, identity)
-        if not self.settings.overwrite and record_exists(self.settings.results_dir, identity):
+        # under torchrun every rank must take rank 0's decision, or the collectives would deadlock
+        if not self.settings.overwrite and distributed.broadcast_object(record_exists(self.settings.results_dir, identity)):
             log.info("skipping %s: record exists at %s", identity, path)
             return CellOutcome(cell, "skipped", path)
         spec = EVALUATORS.get(identity.evaluator)
@@ -154,7 +156,8 @@ class Runner:
         }
         record = ResultRecord(identity=identity, metrics=output.metrics, primary_metric=output.primary_metric,
                               protocol=protocol, provenance=provenance, subgroups=output.subgroups, extra=output.extra)
-        write_record(record, self.settings.results_dir)
+        if distributed.is_main_process():  # under torchrun only rank 0 writes
+            write_record(record, self.settings.results_dir)
         return CellOutcome(cell, "done", path, record)
 
 
