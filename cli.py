@@ -11,7 +11,7 @@ from typing import Any, Callable
 import click
 
 DEFAULT_RESULTS = Path("results")
-EVALUATOR_COMMANDS = ("linear",)
+EVALUATOR_COMMANDS = ("linear", "invariance", "multiview-invariance", "saliency", "dip")
 
 
 # -- helpers ------------------------------------------------------------------------------------
