@@ -12,6 +12,7 @@ import click
 
 DEFAULT_RESULTS = Path("results")
 EVALUATOR_COMMANDS = ("linear", "invariance", "multiview-invariance", "saliency", "dip")
+MAIN_JOB_IMAGE_SIZE = 128
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -99,7 +100,7 @@ def common_run_options(func: Callable) -> Callable:
                      help="Allow checkpoint formats that need full unpickling (only for files you trust)."),
         click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True, help="Extraction batch size."),
         click.option("--workers", type=click.IntRange(0), default=None, help="DataLoader workers (default: cores - 1, max 8)."),
-        click.option("--image-size", type=click.IntRange(16), default=None,
+        click.option("--image-size", type=click.IntRange(0), default=None,
                      help="Override every encoder's input resolution (recorded in the protocol)."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed for splits, bootstrap and episodes."),
         click.option("--split-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
@@ -125,7 +126,7 @@ def _settings(results_dir: Path, cache_dir: Path | None, no_cache: bool, device:
     except (ValueError, RuntimeError) as error:
         raise click.BadParameter(str(error), param_hint="--device") from None
     extraction = ExtractionSettings(device=torch_device, cache_dir=None if no_cache else (cache_dir or default_cache_dir()),
-                                    batch_size=batch_size, num_workers=workers, image_size=image_size)
+                                    batch_size=batch_size, num_workers=workers, image_size=image_size or None)
     return RunSettings(results_dir=results_dir, extraction=extraction,
                        load_options=LoadOptions(weights_dir=str(weights_dir) if weights_dir else None,
                                                 trust_checkpoint=trust_checkpoint),
@@ -298,9 +299,15 @@ def leaderboard(results_dir: Path, out: Path | None, show: bool) -> None:
 def benchmark(models_, datasets_, evaluators_, roots, shard, dry_run, **common) -> None:
     """The main job: encoders x datasets x evaluators into records, then the leaderboard.
 
-    Finished cells are skipped, so a killed run resumes where it stopped.
+    Finished cells are skipped, so a killed run resumes where it stopped. Without --image-size the
+    main job runs every encoder at 128 px (the embedded data's resolution, and a 2-core CPU budget);
+    pass --image-size 0 for each encoder's native resolution.
     """
     _setup_logging(common.pop("verbose"))
+    if common["image_size"] is None:
+        common["image_size"] = MAIN_JOB_IMAGE_SIZE
+    elif common["image_size"] == 0:
+        common["image_size"] = None
     from benchmark.leaderboard import write_leaderboard
     from benchmark.main_job import plan_cells
     from benchmark.records import record_exists

@@ -51,7 +51,7 @@ _OD = np.array([
 _SKIN_RGB = np.array([  # Fitzpatrick I..VI under a dermoscope, sRGB in [0, 1]
     [0.93, 0.78, 0.72], [0.88, 0.70, 0.60], [0.80, 0.60, 0.48],
     [0.66, 0.46, 0.34], [0.48, 0.32, 0.22], [0.32, 0.21, 0.15]])
-_CANVAS_EXTENT = 1.2  # the lesion canvas covers [-E, E]^2 lesion units; the image half-width is 1
+_CANVAS_EXTENT = 1.1  # the lesion canvas covers [-E, E]^2 lesion units; the image half-width is 1
 
 
 @dataclass(frozen=True)
@@ -71,8 +71,8 @@ _SPECS: dict[str, _ClassSpec] = {
     "bcc": _ClassSpec((0.25, 0.55), (0.03, 0.10), (0.05, 0.10), 66, 0.60, (5, 3, 2, 2, 1, 3, 7, 2, 3)),
     "bkl": _ClassSpec((0.28, 0.60), (0.04, 0.11), (0.02, 0.05), 60, 0.55, (6, 5, 2, 3, 2, 3, 6, 2, 2)),
     "df": _ClassSpec((0.22, 0.46), (0.02, 0.05), (0.10, 0.22), 50, 0.45, (1, 1, 9, 3, 1, 1, 0.2, 0.1, 0.2)),
-    "mel": _ClassSpec((0.32, 0.65), (0.06, 0.16), (0.02, 0.08), 61, 0.60, (8, 5, 5, 4, 2, 3, 3, 1, 1)),
-    "nv": _ClassSpec((0.24, 0.55), (0.015, 0.05), (0.05, 0.12), 45, 0.50, (8, 6, 6, 3, 4, 3, 1, 1, 1)),
+    "mel": _ClassSpec((0.3, 0.65), (0.04, 0.16), (0.02, 0.08), 61, 0.60, (8, 5, 5, 4, 2, 3, 3, 1, 1)),
+    "nv": _ClassSpec((0.24, 0.55), (0.015, 0.07), (0.05, 0.12), 45, 0.50, (8, 6, 6, 3, 4, 3, 1, 1, 1)),
     "vasc": _ClassSpec((0.20, 0.46), (0.03, 0.08), (0.03, 0.07), 50, 0.50, (3, 4, 4, 3, 3, 2, 2, 1, 2)),
 }
 
@@ -104,27 +104,34 @@ def _make_canvas(image_size: int) -> _Canvas:
 
 
 def _smoothstep(v: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    t = np.clip((v - lo) / (hi - lo), 0.0, 1.0)
+    t = np.clip((v - lo) / np.maximum(hi - lo, 1e-9), 0.0, 1.0)
     return t * t * (3 - 2 * t)
 
 
 @functools.lru_cache(maxsize=256)
-def _spline_taps(size: int, cells: int) -> tuple[np.ndarray, np.ndarray]:
-    """Cubic B-spline taps from a (cells + 3)-point grid to ``size`` samples: indices, weights (size, 4)."""
+def _spline_taps(size: int, cells: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cubic B-spline weights from a (cells + 3)-point grid to ``size`` samples.
+
+    Returns tap indices and weights (size, 4) and the same as a dense matrix (size, cells + 3).
+    """
     t = np.linspace(1.0, cells + 1.0, size)
-    base = np.floor(t).astype(np.int64) - 1
-    idx = np.clip(base[:, None] + np.arange(4)[None, :], 0, cells + 2)
-    a = np.abs(t[:, None] - (base[:, None] + np.arange(4)[None, :]))
+    taps = np.floor(t).astype(np.int64)[:, None] + np.arange(-1, 3)[None, :]
+    a = np.abs(t[:, None] - taps)
     w = np.where(a < 1, 2 / 3 - a ** 2 + a ** 3 / 2, np.where(a < 2, (2 - a) ** 3 / 6, 0.0))
-    return idx, w / w.sum(1, keepdims=True)
+    idx = np.clip(taps, 0, cells + 2)
+    dense = np.zeros((size, cells + 3))
+    np.add.at(dense, (np.repeat(np.arange(size), 4), idx.ravel()), w.ravel())
+    return idx, w, dense
 
 
 def _spline_upsample(grid: np.ndarray, size: int) -> np.ndarray:
     """Separable cubic B-spline upsampling of a square grid (n + 3, n + 3) to (size, size).
 
-    Done with gathers rather than matrix products so that no BLAS thread pool is involved.
+    Uses einsum / gathers rather than matrix products so that no BLAS thread pool is involved.
     """
-    idx, w = _spline_taps(size, grid.shape[0] - 3)
+    idx, w, dense = _spline_taps(size, grid.shape[0] - 3)
+    if grid.shape[0] <= 24:
+        return np.einsum("ik,kl->il", np.einsum("ik,kl->il", dense, grid), dense.T)
     rows = (grid[idx] * w[:, :, None]).sum(1)              # (size, n + 3)
     return (rows[:, idx] * w[None]).sum(2)                 # (size, size)
 
@@ -189,18 +196,22 @@ def _polyline_field(size: int, rows: np.ndarray, cols: np.ndarray, sigma_px: flo
 # ----------------------------------------------------------------------------------------------
 @dataclass
 class _Geometry:
-    """Lesion outline: ``radius(phi)`` = R0 * exp(sum_k a_k cos(k phi + p_k)); ``rho`` = r / radius (canvas)."""
+    """Lesion outline ``radius(phi)`` = R0 * exp(sum_k a_k cos(k phi + p_k)).
+
+    Canvas maps (C, C): ``outline`` = radius(phi), ``rho`` = r / radius with a rough border, ``mask`` soft in [0, 1].
+    """
 
     r0: float
     amps: np.ndarray
     phases: np.ndarray
     rho: np.ndarray
     mask: np.ndarray
+    outline: np.ndarray
 
     def radius_at(self, phi: np.ndarray) -> np.ndarray:
         k = np.arange(1, len(self.amps) + 1)
         harm = (self.amps * np.cos(np.multiply.outer(phi, k) + self.phases)).sum(-1)
-        return np.minimum(self.r0 * np.exp(harm), 0.9)
+        return np.minimum(self.r0 * np.exp(harm), 0.82)
 
 
 def _make_geometry(rng: np.random.Generator, cv: _Canvas, spec: _ClassSpec, r0: float) -> _Geometry:
@@ -209,9 +220,10 @@ def _make_geometry(rng: np.random.Generator, cv: _Canvas, spec: _ClassSpec, r0: 
     amps = irr * rng.standard_normal(12) / k ** 0.9
     amps[1] = rng.uniform(0.0, 0.22)                     # elongation (ellipticity), any class
     phases = rng.uniform(0, 2 * np.pi, 12)
-    geo = _Geometry(r0, amps, phases, np.zeros(1), np.zeros(1))
+    geo = _Geometry(r0, amps, phases, np.zeros(1), np.zeros(1), np.zeros(1))
     table_phi = np.linspace(-np.pi, np.pi, 721)
-    rho = cv.r / np.interp(cv.phi, table_phi, geo.radius_at(table_phi))
+    geo.outline = np.interp(cv.phi, table_phi, geo.radius_at(table_phi))
+    rho = cv.r / geo.outline
     rough = irr * 0.6 * _bandpass_noise(rng, cv.size, max(0.8, 0.035 * cv.px_per_unit))
     rho = rho * (1 + rough * _smoothstep(rho, 0.6, 0.95))
     softness = rng.uniform(*spec.softness)
@@ -253,43 +265,48 @@ def _globules(rng: np.random.Generator, cv: _Canvas, geo: _Geometry, n: int, siz
     return np.clip(_splat_sizes(cv, xs, ys, rng.uniform(0.6, 1.0, n), sig), 0, 1.5)
 
 
-def _streaks(rng: np.random.Generator, cv: _Canvas, geo: _Geometry, n: int) -> np.ndarray:
-    """Radial streaks / pseudopods crossing the border, clustered on one side of the lesion."""
-    centre = rng.uniform(0, 2 * np.pi)
-    angles = centre + rng.uniform(-1.6, 1.6, n)
-    width = rng.uniform(0.012, 0.025, n)[:, None, None]
-    radius = (cv.r / np.maximum(geo.rho, 1e-6))[None]
-    dphi = np.angle(np.exp(1j * (cv.phi[None] - angles[:, None, None])))
-    across = np.exp(-(dphi * cv.r[None] / width) ** 2)
-    length = rng.uniform(0.12, 0.3, n)[:, None, None]
-    along = _smoothstep(cv.r[None], radius * 0.7, radius * 0.85) * (1 - _smoothstep(
-        cv.r[None], radius * (1 + length * 0.5), radius * (1 + length)))
-    return np.clip((across * along).sum(0), 0, 1)
+def _streaks(rng: np.random.Generator, cv: _Canvas, geo: _Geometry, n: int, spread: float) -> np.ndarray:
+    """Radial streaks / pseudopods crossing the border, within +-``spread`` rad of a random direction."""
+    angles = np.sort(np.mod(rng.uniform(0, 2 * np.pi) + rng.uniform(-spread, spread, n), 2 * np.pi))
+    width = rng.uniform(0.012, 0.025, n)
+    length = rng.uniform(0.12, 0.3, n)
+    phi = np.mod(cv.phi, 2 * np.pi)
+    right = np.searchsorted(angles, phi) % n             # nearest streak is angles[right] or angles[left]
+    left = (right - 1) % n
+    d_right = np.angle(np.exp(1j * (phi - angles[right])))
+    d_left = np.angle(np.exp(1j * (phi - angles[left])))
+    near = np.where(np.abs(d_right) < np.abs(d_left), right, left)
+    dphi = np.where(near == right, d_right, d_left)
+    across = np.exp(-(dphi * cv.r / width[near]) ** 2)
+    radius, ln = geo.outline, length[near]
+    along = _smoothstep(cv.r, radius * 0.7, radius * 0.85) * (
+        1 - _smoothstep(cv.r, radius * (1 + ln * 0.5), radius * (1 + ln)))
+    return np.clip(across * along, 0, 1)
 
 
-def _vessel_tree(rng: np.random.Generator, cv: _Canvas, geo: _Geometry, n_trees: int,
-                 width: float) -> np.ndarray:
-    """Arborizing vessels: thin branching curvilinear lines (BCC)."""
+def _vessel_tree(rng: np.random.Generator, cv: _Canvas, geo: _Geometry, n_trees: int, width: float,
+                 length: float, depth_max: int) -> np.ndarray:
+    """Branching curvilinear vessels (``length`` x lesion radius, ``depth_max`` branching levels)."""
     step = 0.5 / cv.px_per_unit
     rows: list[np.ndarray] = []
     cols: list[np.ndarray] = []
     for _ in range(n_trees):
         x0, y0 = _points_in_lesion(rng, geo, 1, 0.3, 0.85)
-        stack = [(float(x0[0]), float(y0[0]), rng.uniform(0, 2 * np.pi), geo.r0 * rng.uniform(0.5, 0.9), 0)]
+        stack = [(float(x0[0]), float(y0[0]), rng.uniform(0, 2 * np.pi), geo.r0 * length * rng.uniform(0.7, 1.3), 0)]
         while stack:
-            x, y, ang, length, depth = stack.pop()
-            n = max(2, int(length / step))
-            turns = np.cumsum(rng.normal(0, 0.9, n) * math.sqrt(step / 0.05) * 0.15)
+            x, y, ang, seg_len, depth = stack.pop()
+            n = max(2, int(seg_len / step))
+            turns = np.cumsum(rng.normal(0, 1.0, n) * math.sqrt(step / 0.05) * 0.25)
             ang_path = ang + turns
             xs = x + np.cumsum(np.cos(ang_path)) * step
             ys = y + np.cumsum(np.sin(ang_path)) * step
             rows.append(cv.to_px(ys))
             cols.append(cv.to_px(xs))
-            if depth < 3:
+            if depth < depth_max:
                 for _ in range(rng.integers(1, 3)):
                     j = rng.integers(n // 3, n)
                     stack.append((xs[j], ys[j], ang_path[j] + rng.choice([-1, 1]) * rng.uniform(0.4, 1.1),
-                                  length * rng.uniform(0.4, 0.7), depth + 1))
+                                  seg_len * rng.uniform(0.4, 0.7), depth + 1))
     if not rows:
         return np.zeros((cv.size, cv.size))
     return _polyline_field(cv.size, np.concatenate(rows), np.concatenate(cols), width * cv.px_per_unit)
@@ -303,8 +320,11 @@ def _lacunae(rng: np.random.Generator, cv: _Canvas, geo: _Geometry, n: int,
     rr = np.clip(np.rint(cv.to_px(ys)).astype(int), 0, cv.size - 1)
     cc = np.clip(np.rint(cv.to_px(xs)).astype(int), 0, cv.size - 1)
     seeds[rr, cc] = False
+    d2 = (xs[:, None] - xs[None]) ** 2 + (ys[:, None] - ys[None]) ** 2
+    np.fill_diagonal(d2, np.inf)
+    nn = np.sqrt(d2.min(1)) if n > 1 else np.full(n, np.inf)
     radius_px = np.ones((cv.size, cv.size))
-    radius_px[rr, cc] = rng.uniform(*size, n) * cv.px_per_unit
+    radius_px[rr, cc] = np.minimum(rng.uniform(*size, n), 0.5 * nn) * cv.px_per_unit
     dist, idx = ndimage.distance_transform_edt(seeds, return_indices=True)
     own = radius_px[idx[0], idx[1]]
     return 1.0 / (1.0 + np.exp(np.clip((dist - own) / 0.6, -40, 40)))
@@ -314,6 +334,13 @@ def _lacunae(rng: np.random.Generator, cv: _Canvas, geo: _Geometry, n: int,
 # Class painters: fill conc (5, size, size) for one lesion; return a short variant name
 # ----------------------------------------------------------------------------------------------
 _Painter = Callable[[np.random.Generator, _Canvas, _Geometry, np.ndarray], str]
+
+
+def _pick(rng: np.random.Generator, probs: dict[str, float]) -> str:
+    """Draw one key of ``probs`` (weights need not sum to 1)."""
+    names = list(probs)
+    p = np.asarray(list(probs.values()), dtype=float)
+    return names[int(rng.choice(len(names), p=p / p.sum()))]
 
 
 def _zone_mix(rng: np.random.Generator, cv: _Canvas, protos: np.ndarray, sharpness: float,
@@ -328,165 +355,212 @@ def _zone_mix(rng: np.random.Generator, cv: _Canvas, protos: np.ndarray, sharpne
     return np.einsum("kc,kij->cij", protos, w)
 
 
+def _mottle(rng: np.random.Generator, cv: _Canvas, amount: float, cells: int = 4) -> np.ndarray:
+    return 1 + amount * _coarse_noise(rng, cv.size, cells)
+
+
+_PROTOS = {  # chromophore concentrations of colour zones: mel, bg, hb, deoxy, white
+    "light_brown": (0.7, 0.0, 0.05, 0.0, 0.0), "dark_brown": (1.6, 0.1, 0.0, 0.0, 0.0),
+    "black": (2.4, 0.7, 0.0, 0.0, 0.0), "blue_grey": (0.3, 1.1, 0.0, 0.1, 0.12),
+    "red": (0.2, 0.0, 0.7, 0.0, 0.0), "white": (0.15, 0.15, 0.1, 0.0, 0.45),
+    "pink": (0.25, 0.0, 0.3, 0.0, 0.05)}
+
+
+def _protos(rng: np.random.Generator, names: list[str], weights: list[float], k: int) -> np.ndarray:
+    """``k`` distinct colour prototypes (k, 5) drawn by weight, each with +-25% intensity."""
+    p = np.asarray(weights, dtype=float)
+    chosen = rng.choice(len(names), size=k, replace=False, p=p / p.sum())
+    return np.array([_PROTOS[names[i]] for i in chosen]) * rng.uniform(0.75, 1.25, (k, 1))
+
+
 def _paint_nv(rng, cv, geo, conc) -> str:
-    variant = str(rng.choice(["reticular", "globular", "homogeneous", "dermal"], p=[0.5, 0.24, 0.12, 0.14]))
+    variant = _pick(rng, {"reticular": 0.36, "globular": 0.2, "homogeneous": 0.1, "dermal": 0.1,
+                          "dysplastic": 0.14, "spitz": 0.05, "blue": 0.05})
+    m = geo.mask
     inner = _smoothstep(1 - geo.rho, 0.0, 0.6)
-    centre = 1 + rng.uniform(-0.35, 0.5) * inner
-    base = rng.uniform(0.6, 1.3) * centre * (1 + 0.08 * _coarse_noise(rng, cv.size, 3))
+    base = rng.uniform(0.6, 1.3) * (1 + rng.uniform(-0.35, 0.5) * inner) * _mottle(rng, cv, 0.08, 3)
     if variant == "dermal":
-        conc[_MEL] += 0.35 * base * geo.mask
-        conc[_HB] += rng.uniform(0.15, 0.35) * geo.mask
-        conc[_MEL] += 0.6 * _globules(rng, cv, geo, int(rng.integers(0, 10)), 0.015, 0.2) * geo.mask
+        conc[_MEL] += 0.35 * base * m
+        conc[_HB] += rng.uniform(0.15, 0.35) * m
+        conc[_HB] += 1.3 * _vessel_tree(rng, cv, geo, int(rng.integers(1, 4)), 0.006, 0.25, 1) * m
         return variant
-    if variant == "reticular":
-        net = _network(rng, cv, rng.uniform(0.055, 0.085), rng.uniform(0.0, 0.2))
-        fade = 1 - 0.7 * _smoothstep(geo.rho, 0.6, 1.0)
-        base = base * (0.55 + 0.8 * net * fade)
+    if variant == "blue":
+        conc[_BG] += rng.uniform(0.7, 1.4) * _mottle(rng, cv, 0.1) * m
+        conc[_MEL] += rng.uniform(0.1, 0.4) * m
+        return variant
+    if variant == "spitz":
+        conc[_MEL] += 1.2 * base * m
+        conc[_MEL] += rng.uniform(1.0, 1.8) * _streaks(rng, cv, geo, int(rng.integers(14, 26)), np.pi)
+        return variant
+    if variant in ("reticular", "dysplastic"):
+        irregular = rng.uniform(0.0, 0.2) if variant == "reticular" else rng.uniform(0.3, 0.7)
+        net = _network(rng, cv, rng.uniform(0.055, 0.09), irregular)
+        base = base * (0.55 + 0.8 * net * (1 - 0.7 * _smoothstep(geo.rho, 0.6, 1.0)))
     elif variant == "globular":
-        glob = _globules(rng, cv, geo, int(rng.integers(25, 60)), rng.uniform(0.018, 0.028), 0.12)
-        base = base * (0.6 + 0.9 * glob)
-    conc[_MEL] += base * geo.mask
-    conc[_BG] += rng.uniform(0.0, 0.1) * inner * geo.mask
+        base = base * (0.6 + 0.9 * _globules(rng, cv, geo, int(rng.integers(25, 60)), rng.uniform(0.018, 0.028), 0.12))
+    if variant == "dysplastic":
+        mix = _zone_mix(rng, cv, _protos(rng, ["light_brown", "dark_brown", "pink"], [1, 1, 0.6], 2),
+                        rng.uniform(1.0, 2.5), rng.uniform(0.0, 0.8))
+        conc += mix * base * m
+        return variant
+    conc[_MEL] += base * m
+    conc[_BG] += rng.uniform(0.0, 0.1) * inner * m
     return variant
 
 
-_MEL_PROTOS = {  # mel, bg, hb, deoxy, white
-    "light_brown": (0.7, 0.0, 0.05, 0.0, 0.0), "dark_brown": (1.6, 0.1, 0.0, 0.0, 0.0),
-    "black": (2.4, 0.7, 0.0, 0.0, 0.0), "blue_grey": (0.3, 1.1, 0.0, 0.1, 0.12),
-    "red": (0.2, 0.0, 0.7, 0.0, 0.0), "white": (0.15, 0.15, 0.1, 0.0, 0.45)}
-
-
 def _paint_mel(rng, cv, geo, conc) -> str:
-    if rng.uniform() < 0.1:
-        conc[_HB] += rng.uniform(0.35, 0.6) * geo.mask * (1 + 0.3 * _coarse_noise(rng, cv.size, 4))
-        conc[_MEL] += rng.uniform(0.1, 0.35) * geo.mask
-        conc[_HB] += 0.9 * _globules(rng, cv, geo, int(rng.integers(15, 40)), 0.008, 0.3) * geo.mask
-        return "amelanotic"
-    names = list(_MEL_PROTOS)
-    p = np.array([1.0, 1.0, 0.6, 0.5, 0.35, 0.3])
-    k = int(rng.integers(3, 6))
-    chosen = rng.choice(len(names), size=k, replace=False, p=p / p.sum())
-    protos = np.array([_MEL_PROTOS[names[i]] for i in chosen]) * rng.uniform(0.75, 1.25, (k, 1))
-    mix = _zone_mix(rng, cv, protos, rng.uniform(2.0, 5.0), rng.uniform(0.5, 1.5))
-    if rng.uniform() < 0.6:
+    variant = _pick(rng, {"multicomponent": 0.6, "early": 0.2, "nodular": 0.1, "amelanotic": 0.1})
+    m = geo.mask
+    if variant == "amelanotic":
+        conc[_HB] += rng.uniform(0.3, 0.6) * m * _mottle(rng, cv, 0.3)
+        conc[_MEL] += rng.uniform(0.1, 0.35) * m
+        conc[_HB] += 1.0 * _globules(rng, cv, geo, int(rng.integers(15, 40)), 0.008, 0.3) * m
+        conc[_HB] += 1.2 * _vessel_tree(rng, cv, geo, int(rng.integers(1, 4)), 0.007, 0.3, 1) * m
+        return variant
+    if variant == "nodular":
+        mix = _zone_mix(rng, cv, _protos(rng, ["black", "blue_grey", "dark_brown", "red"], [1, 1, 0.6, 0.3], 2),
+                        rng.uniform(1.0, 2.5), rng.uniform(0.0, 0.6))
+        conc += mix * m * _mottle(rng, cv, 0.1)
+        return variant
+    if variant == "early":
+        protos = _protos(rng, ["light_brown", "dark_brown", "blue_grey"], [1, 1, 0.3], 2)
+        sharp, ecc, p_net, p_dots, p_streak, p_veil = rng.uniform(1.5, 3.0), rng.uniform(0.3, 1.0), 0.8, 0.5, 0.1, 0.05
+    else:
+        protos = _protos(rng, ["light_brown", "dark_brown", "black", "blue_grey", "red", "white"],
+                         [1.0, 1.0, 0.6, 0.5, 0.35, 0.3], int(rng.integers(3, 6)))
+        sharp, ecc, p_net, p_dots, p_streak, p_veil = rng.uniform(1.5, 4.0), rng.uniform(0.5, 1.5), 0.6, 0.6, 0.4, 0.3
+    mix = _zone_mix(rng, cv, protos, sharp, ecc)
+    if rng.uniform() < p_net:
         net = _network(rng, cv, rng.uniform(0.06, 0.11), rng.uniform(0.6, 1.0))
         patch = _smoothstep(_coarse_noise(rng, cv.size, 3), -0.5, 0.5)
         mix[:4] *= 1 + 0.9 * patch * (net - 0.45)
-    if rng.uniform() < 0.6:
+    if rng.uniform() < p_dots:
         dots = _globules(rng, cv, geo, int(rng.integers(10, 45)), rng.uniform(0.01, 0.025), 0.5, 0.35, 1.0)
         mix[_MEL] += 1.6 * dots
         mix[_BG] += 0.3 * dots
-    conc += mix * geo.mask
-    if rng.uniform() < 0.4:
-        streak = _streaks(rng, cv, geo, int(rng.integers(5, 16)))
-        conc[_MEL] += rng.uniform(1.2, 2.2) * streak
-    if rng.uniform() < 0.3:
-        veil = _smoothstep(_coarse_noise(rng, cv.size, 3), 0.3, 1.2) * geo.mask
+    conc += mix * m
+    if rng.uniform() < p_streak:
+        conc[_MEL] += rng.uniform(1.2, 2.2) * _streaks(rng, cv, geo, int(rng.integers(5, 16)), 1.6)
+    if rng.uniform() < p_veil:
+        veil = _smoothstep(_coarse_noise(rng, cv.size, 3), 0.3, 1.2) * m
         conc[_BG] += 1.0 * veil
         conc[_WHITE] += 0.3 * veil
-    return "multicomponent"
+    return variant
 
 
 def _paint_bkl(rng, cv, geo, conc) -> str:
-    variant = str(rng.choice(["seborrheic", "lentigo", "lplk"], p=[0.55, 0.3, 0.15]))
-    mottle = 1 + 0.15 * _coarse_noise(rng, cv.size, 4)
+    variant = _pick(rng, {"seborrheic": 0.5, "lentigo": 0.3, "lplk": 0.2})
+    m = geo.mask
     if variant == "lentigo":
-        conc[_MEL] += rng.uniform(0.45, 1.0) * mottle * geo.mask
+        conc[_MEL] += rng.uniform(0.45, 1.1) * _mottle(rng, cv, 0.15) * m
         lines = np.exp(-(_bandpass_noise(rng, cv.size, max(0.5, 0.018 * cv.px_per_unit)) / 0.35) ** 2)
-        conc[_MEL] += 0.45 * lines * geo.mask
+        conc[_MEL] += rng.uniform(0.2, 0.5) * lines * m
         return variant
     if variant == "lplk":
-        conc[_MEL] += rng.uniform(0.25, 0.6) * mottle * geo.mask
-        conc[_HB] += rng.uniform(0.1, 0.25) * geo.mask
+        conc[_MEL] += rng.uniform(0.25, 0.7) * _mottle(rng, cv, 0.2) * m
+        conc[_HB] += rng.uniform(0.1, 0.25) * m
         pepper = _globules(rng, cv, geo, int(rng.integers(60, 160)), 0.006, 0.2)
-        conc[_BG] += 1.2 * pepper * geo.mask
+        conc[_BG] += rng.uniform(0.8, 1.4) * pepper * m
         return variant
-    base = rng.uniform(0.5, 2.1)
-    ridges = _bandpass_noise(rng, cv.size, max(0.7, rng.uniform(0.025, 0.045) * cv.px_per_unit))
+    ridges = _bandpass_noise(rng, cv.size, max(0.7, rng.uniform(0.022, 0.04) * cv.px_per_unit))
     fissure = np.exp(-(ridges / 0.45) ** 2)
-    conc[_MEL] += base * mottle * (0.8 + 0.6 * fissure - 0.15 * np.tanh(ridges)) * geo.mask
-    conc[_WHITE] += rng.uniform(0.05, 0.18) * geo.mask * _smoothstep(ridges, 0.5, 1.5)
-    milia = _globules(rng, cv, geo, int(rng.integers(3, 16)), rng.uniform(0.01, 0.018), 0.3)
-    conc[_WHITE] += rng.uniform(0.5, 0.85) * np.clip(milia, 0, 1) * geo.mask
-    comedo = _globules(rng, cv, geo, int(rng.integers(2, 10)), 0.014, 0.3)
-    conc[_MEL] += 1.8 * comedo * geo.mask
+    conc[_MEL] += rng.uniform(0.5, 2.1) * _mottle(rng, cv, 0.15) * (0.85 + 0.5 * fissure - 0.15 * np.tanh(ridges)) * m
+    conc[_WHITE] += rng.uniform(0.0, 0.12) * m * _smoothstep(ridges, 0.8, 1.8)
+    milia = _globules(rng, cv, geo, int(rng.integers(2, 16)), rng.uniform(0.01, 0.018), 0.3)
+    conc[_WHITE] += rng.uniform(0.5, 0.85) * np.clip(milia, 0, 1) * m
+    conc[_MEL] += 1.8 * _globules(rng, cv, geo, int(rng.integers(0, 10)), 0.014, 0.3) * m
     return variant
 
 
 def _paint_df(rng, cv, geo, conc) -> str:
-    conc[_MEL] += rng.uniform(0.35, 0.9) * geo.mask * (1 + 0.1 * _coarse_noise(rng, cv.size, 4))
+    variant = _pick(rng, {"central_patch": 0.75, "homogeneous": 0.25})
+    conc[_MEL] += rng.uniform(0.35, 0.9) * geo.mask * _mottle(rng, cv, 0.1)
     conc[_HB] += rng.uniform(0.08, 0.25) * geo.mask
     net = _network(rng, cv, rng.uniform(0.045, 0.07), rng.uniform(0.0, 0.3))
-    ring = _smoothstep(geo.rho, 0.35, 0.65)
-    conc[_MEL] += 0.6 * net * ring * geo.mask
-    patch_r = rng.uniform(0.25, 0.55)
-    wobble = 0.12 * _coarse_noise(rng, cv.size, 5)
-    scar = 1 - _smoothstep(geo.rho + wobble, patch_r * 0.7, patch_r)
-    conc[_WHITE] += rng.uniform(0.3, 0.65) * scar
-    conc[_MEL] *= 1 - 0.6 * scar
-    return "central_patch"
+    conc[_MEL] += 0.6 * net * _smoothstep(geo.rho, 0.35, 0.65) * geo.mask
+    if variant == "central_patch":
+        patch_r = rng.uniform(0.35, 0.7)
+        scar = 1 - _smoothstep(geo.rho + 0.15 * _coarse_noise(rng, cv.size, 5), patch_r * 0.5, patch_r)
+        conc[_WHITE] += rng.uniform(0.25, 0.55) * scar
+        conc[_MEL] *= 1 - 0.6 * scar
+    return variant
 
 
 def _paint_bcc(rng, cv, geo, conc) -> str:
-    pigmented = rng.uniform() < 0.3
-    conc[_HB] += rng.uniform(0.15, 0.35) * geo.mask * (1 + 0.2 * _coarse_noise(rng, cv.size, 4))
-    conc[_WHITE] += rng.uniform(0.08, 0.22) * geo.mask
-    conc[_MEL] += rng.uniform(0.0, 0.15) * geo.mask
-    vessels = _vessel_tree(rng, cv, geo, int(rng.integers(1, 4)), rng.uniform(0.007, 0.013))
-    conc[_HB] += rng.uniform(1.0, 1.8) * vessels * geo.mask
-    if pigmented or rng.uniform() < 0.45:
-        n = int(rng.integers(4, 14 if pigmented else 8))
+    variant = _pick(rng, {"nodular": 0.45, "pigmented": 0.3, "superficial": 0.25})
+    m = geo.mask
+    conc[_HB] += rng.uniform(0.12, 0.35) * m * _mottle(rng, cv, 0.2)
+    conc[_WHITE] += rng.uniform(0.05, 0.22) * m
+    conc[_MEL] += rng.uniform(0.0, 0.15) * m
+    if variant == "superficial":
+        vessels = _vessel_tree(rng, cv, geo, int(rng.integers(3, 7)), 0.006, rng.uniform(0.2, 0.4), 1)
+        conc[_HB] += rng.uniform(0.8, 1.5) * vessels * m
+        erosion = _globules(rng, cv, geo, int(rng.integers(0, 5)), 0.025, 0.3)
+        conc[_HB] += 0.8 * erosion * m
+        conc[_MEL] += 0.4 * erosion * m
+        conc[_BG] += 0.8 * _globules(rng, cv, geo, int(rng.integers(0, 6)), 0.012, 0.3) * m
+        return variant
+    n_trees = int(rng.integers(2, 6)) if variant == "nodular" else int(rng.integers(0, 3))
+    vessels = _vessel_tree(rng, cv, geo, n_trees, rng.uniform(0.009, 0.016), rng.uniform(0.8, 1.4), 3)
+    conc[_HB] += rng.uniform(1.5, 2.5) * vessels * m
+    if variant == "pigmented" or rng.uniform() < 0.35:
+        n = int(rng.integers(5, 15)) if variant == "pigmented" else int(rng.integers(2, 6))
         xs, ys = _points_in_lesion(rng, geo, n, 0.1, 0.85)
-        nests = _splat_sizes(cv, xs, ys, rng.uniform(0.7, 1.0, n), rng.uniform(0.025, 0.06, n))
-        nests = np.clip(nests, 0, 1.0) * geo.mask
+        nests = np.clip(_splat_sizes(cv, xs, ys, rng.uniform(0.7, 1.0, n), rng.uniform(0.025, 0.06, n)), 0, 1) * m
         conc[_BG] += rng.uniform(0.8, 1.5) * nests
         conc[_MEL] += 0.35 * nests
+    if variant == "pigmented":
+        conc[_MEL] += 1.4 * _globules(rng, cv, geo, int(rng.integers(5, 20)), 0.012, 0.4) * m
     if rng.uniform() < 0.25:
-        ulcer = _smoothstep(_coarse_noise(rng, cv.size, 4) + geo.rho, -1.4, -0.6) * geo.mask
-        conc[_HB] += 1.4 * ulcer
-        conc[_MEL] += 0.8 * ulcer
+        ulcer = _smoothstep(_coarse_noise(rng, cv.size, 4) + geo.rho, -1.6, -0.9) * m
+        conc[_HB] += 1.0 * ulcer
+        conc[_MEL] += 0.5 * ulcer
     if rng.uniform() < 0.3:
         lines = np.exp(-(_bandpass_noise(rng, cv.size, max(0.6, 0.02 * cv.px_per_unit)) / 0.3) ** 2)
         shiny = np.clip(2 * lines - 1, 0, 1) * _smoothstep(_coarse_noise(rng, cv.size, 3), 0.0, 1.0)
-        conc[_WHITE] += 0.4 * shiny * geo.mask
-    return "pigmented" if pigmented else "nodular"
+        conc[_WHITE] += 0.4 * shiny * m
+    return variant
 
 
 def _paint_akiec(rng, cv, geo, conc) -> str:
-    pigmented = rng.uniform() < 0.25
-    ery = rng.uniform(0.3, 0.7) * (1 + 0.25 * _coarse_noise(rng, cv.size, 4))
-    conc[_HB] += ery * geo.mask
-    spacing = rng.uniform(0.07, 0.11)
-    follicles = 1 - _network(rng, cv, spacing, 0.2)
-    conc[_WHITE] += rng.uniform(0.25, 0.5) * np.clip(follicles, 0, 1) * geo.mask
-    conc[_HB] += 0.35 * (1 - follicles) * geo.mask
-    if pigmented:
-        conc[_MEL] += rng.uniform(0.5, 1.1) * (1 - follicles) * geo.mask
-        conc[_BG] += 0.2 * geo.mask
-    scale_zone = _smoothstep(_coarse_noise(rng, cv.size, 4), rng.uniform(-0.2, 0.8), 1.5)
+    variant = _pick(rng, {"erythematous": 0.6, "pigmented": 0.25, "hypertrophic": 0.15})
+    m = geo.mask
+    conc[_HB] += rng.uniform(0.3, 0.7) * _mottle(rng, cv, 0.25) * m
+    follicles = np.clip(1 - _network(rng, cv, rng.uniform(0.07, 0.11), 0.2), 0, 1)
+    conc[_WHITE] += rng.uniform(0.2, 0.45) * follicles * m
+    conc[_HB] += rng.uniform(0.1, 0.25) * (1 - follicles) * m
+    if variant == "pigmented":
+        conc[_MEL] += rng.uniform(0.5, 1.1) * (1 - follicles) * m
+        conc[_BG] += 0.2 * m
+    lo = rng.uniform(-0.2, 0.8) if variant != "hypertrophic" else rng.uniform(-1.5, -0.8)
+    scale_zone = _smoothstep(_coarse_noise(rng, cv.size, 4), lo, lo + 1.0)
     rough = np.clip(_bandpass_noise(rng, cv.size, max(0.5, 0.012 * cv.px_per_unit)), 0, None)
-    conc[_WHITE] += rng.uniform(0.3, 0.7) * scale_zone * np.clip(0.4 + 0.5 * rough, 0, 1) * geo.mask
+    conc[_WHITE] += rng.uniform(0.3, 0.75) * scale_zone * np.clip(0.4 + 0.5 * rough, 0, 1) * m
     if rng.uniform() < 0.5:
-        dots = _globules(rng, cv, geo, int(rng.integers(20, 60)), 0.007, 0.2)
-        conc[_HB] += 0.9 * dots * geo.mask
-    return "pigmented" if pigmented else "erythematous"
+        conc[_HB] += 0.9 * _globules(rng, cv, geo, int(rng.integers(20, 60)), 0.007, 0.2) * m
+    return variant
 
 
 def _paint_vasc(rng, cv, geo, conc) -> str:
-    variant = str(rng.choice(["red", "purple", "thrombosed"], p=[0.45, 0.3, 0.25]))
-    lac = _lacunae(rng, cv, geo, int(rng.integers(8, 40)), (0.03, 0.1))
-    conc[_HB] += 0.3 * geo.mask
-    conc[_WHITE] += rng.uniform(0.1, 0.3) * (1 - lac) * geo.mask
+    variant = _pick(rng, {"red": 0.4, "purple": 0.25, "thrombosed": 0.2, "angiokeratoma": 0.15})
+    m = geo.mask
+    lac = _lacunae(rng, cv, geo, int(rng.integers(15, 45)), (0.15 * geo.r0, 0.4 * geo.r0)) * m
+    conc[_HB] += rng.uniform(0.3, 0.6) * m
+    conc[_WHITE] += rng.uniform(0.1, 0.3) * (1 - lac) * m
     strength = rng.uniform(0.9, 1.8)
     if variant == "red":
-        conc[_HB] += strength * lac * geo.mask
+        conc[_HB] += strength * lac
     elif variant == "purple":
-        conc[_DEOXY] += strength * 0.8 * lac * geo.mask
-        conc[_HB] += 0.4 * lac * geo.mask
+        conc[_DEOXY] += strength * 0.8 * lac
+        conc[_HB] += 0.4 * lac
     else:
-        conc[_DEOXY] += strength * lac * geo.mask
-        conc[_MEL] += rng.uniform(0.4, 1.2) * lac * geo.mask
-        conc[_BG] += 0.4 * lac * geo.mask
+        conc[_DEOXY] += strength * lac
+        conc[_MEL] += rng.uniform(0.4, 1.2) * lac
+        conc[_BG] += 0.4 * lac
+    if variant == "angiokeratoma":
+        veil = _smoothstep(_coarse_noise(rng, cv.size, 3), 0.0, 1.0) * m
+        conc[_WHITE] += 0.35 * veil
+        conc[_HB] += 0.8 * _globules(rng, cv, geo, int(rng.integers(1, 4)), 0.04, 0.3) * m
     return variant
 
 
@@ -500,13 +574,11 @@ _PAINTERS: dict[str, _Painter] = {
 # ----------------------------------------------------------------------------------------------
 @dataclass
 class _Lesion:
-    """One lesion on its skin: packed canvas layers (RGB optical density + white weight); patient."""
+    """One lesion on its patch of skin: packed canvas reflectance (RGB), hairiness, patient metadata."""
 
     dx: str
     variant: str
     packed: np.ndarray
-    white_rgb: np.ndarray
-    skin_rgb: np.ndarray
     hairiness: float
     meta: dict
 
@@ -533,13 +605,14 @@ def _make_lesion(rng: np.random.Generator, cv: _Canvas, dx: str) -> _Lesion:
     conc[:4] *= density
     od = np.einsum("kc,kij->cij", _OD, conc[:4]) + _skin_od(rng, cv)
     white = np.clip(conc[_WHITE], 0.0, 0.95)
-    skin = _SKIN_RGB[fitz - 1] * np.exp(rng.normal(0, 0.04, 3) + rng.normal(0, 0.06))
+    skin = np.clip(_SKIN_RGB[fitz - 1] * np.exp(rng.normal(0, 0.04, 3) + rng.normal(0, 0.06)), 0.02, 1.0)
     white_rgb = np.array([0.95, 0.92, 0.86]) * np.array([1.0, 1.0, rng.uniform(0.85, 1.05)])
     white_rgb = np.clip(white_rgb * (0.75 + 0.25 * skin.mean() / _SKIN_RGB[0].mean()), 0, 1)
+    # Beer-Lambert absorption by the chromophores, then an opaque white/yellow blend on top.
+    rgb = skin[:, None, None] * np.exp(-od) * (1 - white) + white * white_rgb[:, None, None]
     hairy = rng.uniform() < (0.55 if patient["sex"] == "male" else 0.3)
     meta = dict(patient, lesion_radius=round(geo.r0, 4), variant=variant)
-    return _Lesion(dx, variant, _pack_layers(np.concatenate([od, white[None]])), white_rgb,
-                   np.clip(skin, 0.02, 1.0), rng.uniform(2, 14) if hairy else 0.0, meta)
+    return _Lesion(dx, variant, _pack_rgb(rgb), rng.uniform(2, 14) if hairy else 0.0, meta)
 
 
 def _image_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -568,15 +641,27 @@ def _sample_nuisances(rng: np.random.Generator, hairiness: float) -> dict:
     }
 
 
-def _pack_layers(layers: np.ndarray) -> np.ndarray:
-    """(4, C, C) float32 -> (C*C,) complex128 whose 16 bytes hold one pixel's 4 values (fast gathers)."""
-    return np.ascontiguousarray(layers.reshape(4, -1).T, dtype=np.float32).view(np.complex128).ravel()
+def _pack_rgb(rgb: np.ndarray) -> np.ndarray:
+    """(3, C, C) -> (C*C,) complex128 whose 16 bytes hold one pixel's RGB + padding as float32.
+
+    Gathering one 16-byte element per pixel is much faster than gathering channels separately.
+    """
+    flat = np.zeros((rgb.shape[1] * rgb.shape[2], 4), dtype=np.float32)
+    flat[:, :3] = rgb.reshape(3, -1).T
+    return flat.view(np.complex128).ravel()
 
 
-def _warp_layers(packed: np.ndarray, cv: _Canvas, grid: tuple[np.ndarray, np.ndarray], nz: dict) -> np.ndarray:
-    """Bilinearly resample packed lesion layers into image space (S, S, 4) under rotation/scale/shift.
+def _mirror(c: np.ndarray, size: int) -> np.ndarray:
+    """Reflect pixel coordinates into [0, size - 1) (mirror boundary; one reflection per side)."""
+    np.abs(c, out=c)
+    np.minimum(c, np.float32(2 * (size - 1)) - c, out=c)
+    return np.clip(c, 0, np.float32(size - 1.001), out=c)
 
-    Samples outside the canvas take the nearest edge value (plain skin there).
+
+def _warp_rgb(packed: np.ndarray, cv: _Canvas, grid: tuple[np.ndarray, np.ndarray], nz: dict) -> np.ndarray:
+    """Bilinearly resample packed lesion RGB into image space (S, S, 4) under rotation/scale/shift.
+
+    Samples outside the canvas are mirrored back into it (plain textured skin there).
     """
     x, y = grid
     theta = math.radians(nz["rotation_deg"])
@@ -586,8 +671,7 @@ def _warp_layers(packed: np.ndarray, cv: _Canvas, grid: tuple[np.ndarray, np.nda
     off = _CANVAS_EXTENT * cv.px_per_unit
     col = cos * x + sin * y + np.float32(off - cos * x0 - sin * y0)
     row = cos * y - sin * x + np.float32(off - cos * y0 + sin * x0)
-    np.clip(col, 0, cv.size - 1.001, out=col)
-    np.clip(row, 0, cv.size - 1.001, out=row)
+    col, row = _mirror(col, cv.size), _mirror(row, cv.size)
     fr, fc = (row - np.floor(row))[..., None], (col - np.floor(col))[..., None]
     i00 = row.astype(np.intp) * cv.size + col.astype(np.intp)
 
@@ -606,8 +690,8 @@ def _skin_od(rng: np.random.Generator, cv: _Canvas) -> np.ndarray:
     fine = ndimage.gaussian_filter(rng.standard_normal((cv.size, cv.size)), 0.7)
     fine /= fine.std() + 1e-8
     mottle = _coarse_noise(rng, cv.size, 6)
-    furrow = np.exp(-(_bandpass_noise(rng, cv.size, max(0.8, 0.05 * cv.px_per_unit)) / 0.25) ** 2)
-    shade = rng.uniform(0.5, 1.5) * (0.025 * fine + 0.035 * mottle - 0.06 * furrow)
+    furrow = np.exp(-(_bandpass_noise(rng, cv.size, max(0.8, 0.07 * cv.px_per_unit)) / 0.25) ** 2)
+    shade = rng.uniform(0.5, 1.5) * (0.025 * fine + 0.035 * mottle - 0.035 * furrow)
     ery = np.clip(_coarse_noise(rng, cv.size, 3), 0, None) * rng.uniform(0.0, 0.25)
     return -shade[None] + 0.5 * ery[None] * _OD[2][:, None, None]
 
@@ -636,17 +720,14 @@ def _render_image(rng: np.random.Generator, lesion: _Lesion, cv: _Canvas,
     """Composite one image (S, S, 3) uint8 of ``lesion`` under nuisances ``nz``."""
     size = grid[0].shape[0]
     x, y = grid
-    layers = _warp_layers(lesion.packed, cv, grid, nz)
-    w = layers[..., 3:]
-    img = np.exp(-layers[..., :3]) * (1 - w) * lesion.skin_rgb.astype(np.float32)
-    img += w * lesion.white_rgb.astype(np.float32)
+    img = np.ascontiguousarray(_warp_rgb(lesion.packed, cv, grid, nz)[..., :3])
     if nz["hair"]:
         hair = (_hair_field(rng, size, nz["hair"]) * rng.uniform(0.7, 1.0)).astype(np.float32)[..., None]
         hair_rgb = np.array([0.07, 0.05, 0.04]) if rng.uniform() < 0.9 else np.array([0.75, 0.72, 0.68])
         img = img * (1 - hair) + hair * hair_rgb.astype(np.float32)
     img *= _light_field(x, y, nz)[..., None]
     img *= np.array([1 + 0.06 * nz["white_balance"], 1.0, 1 - 0.06 * nz["white_balance"]], np.float32)
-    img += nz["noise_sigma"] * rng.standard_normal(img.shape, dtype=np.float32)
+    img += np.float32(nz["noise_sigma"] * math.sqrt(12)) * (rng.random(img.shape, dtype=np.float32) - 0.5)
     out = np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
     if nz["jpeg_quality"]:
         out = _jpeg_roundtrip(out, nz["jpeg_quality"])

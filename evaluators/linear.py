@@ -4,7 +4,9 @@ Parity protocol (ANTON/ERIC-T ``linear.py``): C = 1/wd for wd in logspace(-6, 5,
 the validation split, refit with the chosen C on train + val (ANTON carves val from train and
 refits on all of train), scored once on test. Solved with full-batch L-BFGS in torch, warm-started
 along the C path (GPU when present); sklearn's ``LogisticRegression(lbfgs)`` is the reference it
-matches (tests/evaluators/test_linear_solver.py).
+matches (tests/evaluators/test_linear_solver.py). The softmax parameterisation equals sklearn's
+``multi_class='multinomial'`` (ANTON's setting) for any number of classes; for two classes it equals
+sklearn's binomial model at 2C.
 """
 from __future__ import annotations
 
@@ -37,9 +39,8 @@ def wd_grid(options: dict) -> np.ndarray:
 def fit_and_score(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
                   n_classes: int, options: dict, selection_metric: str, device: torch.device):
     """Choose C on val; return (best C, refit train arrays, path of (C, val score))."""
-    dtype = torch.float32 if device.type == "cuda" else torch.float64
-    def tensor(a, kind=None):
-        return torch.as_tensor(a, dtype=kind or dtype, device=device)
+    def tensor(a, kind=torch.float64):
+        return torch.as_tensor(a, dtype=kind, device=device)
     cs = 1.0 / wd_grid(options)
     scorer = lambda y, proba: classification_metrics(y, proba, n_classes)[selection_metric]
     path = regularization_path(tensor(train_x), tensor(train_y, torch.int64), tensor(val_x), tensor(val_y, torch.int64),
@@ -69,7 +70,7 @@ def run_linear(context: EvalContext, options: dict) -> EvalOutput:
     refit_x, refit_y = transform(train.x), train.y
     if options["refit_on"] == "train+val":
         refit_x, refit_y = np.concatenate([refit_x, transform(val.x)]), np.concatenate([train.y, val.y])
-    dtype = torch.float32 if context.device.type == "cuda" else torch.float64
+    dtype = torch.float64  # float32 L-BFGS is not precise enough at large C (see linear_solver)
     fit = fit_logistic(torch.as_tensor(refit_x, dtype=dtype, device=context.device),
                        torch.as_tensor(refit_y, dtype=torch.int64, device=context.device), n_classes, best_c,
                        max_iter=int(options["max_iter"]))

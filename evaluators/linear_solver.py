@@ -30,6 +30,12 @@ Classes absent from the training labels: the unpenalised intercept of such a cla
 optimum (it goes to ``-inf``). We therefore fit the model on the present classes only (this is the
 exact limit of the objective) and give absent classes a zero weight row and a ``-inf`` bias, so
 they receive probability exactly 0.
+
+Caveat (shared with sklearn): with weak regularisation (large C) on (nearly) separable data,
+e.g. D >= N / 4, the objective is extremely flat and the ``tol``-stopped solution depends on the
+starting point: for N=2000, D=512, 7 classes and C >= 1e3 we saw probabilities differ by up to
+0.5 between warm- and cold-started fits (and sklearn), all "converged". Results selected at such
+C values reflect the optimisation path, not only C.
 """
 
 from __future__ import annotations
@@ -88,7 +94,15 @@ class LogisticFit:
 
 
 def _solver_dtype(device: torch.device) -> torch.dtype:
-    return torch.float64 if device.type == "cpu" else torch.float32
+    """Default solver precision: float64 on every device.
+
+    Measured on an H100 (N=2000, D=512, 7 classes, 45 Cs, warm start): float64 on CUDA took
+    1.2 s vs 1.8 s for float32 (the problem is latency-bound, and Hopper's FP64 rate equals its
+    FP32 rate), and matched the CPU float64 probabilities to 6e-10, whereas float32 differed by
+    up to 5e-2 at C >= 1e2. float32 matmuls may also silently run in TF32 when
+    ``torch.backends.cuda.matmul.allow_tf32`` is set. Pass ``dtype=torch.float32`` to opt in.
+    """
+    return torch.float64
 
 
 def _loss_and_grad(
@@ -137,17 +151,21 @@ def fit_logistic(
 ) -> LogisticFit:
     """Fit multinomial L2 logistic regression with full-batch L-BFGS (strong Wolfe line search).
 
-    x: [N, D] features; the device of ``x`` is used, in float64 on CPU and float32 elsewhere
-    unless ``dtype`` is given. y: [N] int64 labels in ``[0, n_classes)``. C: inverse
-    regularisation strength (sklearn convention; see module docstring for the binary case).
-    init: warm start (e.g. the fit at a neighbouring C).
+    x: [N, D] features; the solver runs on ``x``'s device, in float64 unless ``dtype`` is given
+    (see ``_solver_dtype``; with float32 the objective is still reduced in float64).
+    y: [N] int64 labels in ``[0, n_classes)``. C: inverse regularisation strength (sklearn
+    convention; see module docstring for the binary case). init: warm start (e.g. the fit at a
+    neighbouring C); rows of classes absent from ``y`` are ignored.
 
     Stopping rules mirror scipy's L-BFGS-B as called by sklearn: converged when the max-abs
     gradient of ``mean CE + ||W||^2 / (2 C N)`` is ``<= tol`` (sklearn's ``gtol``) or when an
     iteration's relative decrease ``(f_k - f_k+1) / max(|f_k|, |f_k+1|, 1)`` is
-    ``<= 64 * eps(dtype)`` (sklearn's ``ftol``). Hitting ``max_iter`` or a line search that
-    cannot make progress (even after one restart of the L-BFGS memory) gives
-    ``converged=False`` and a logged warning.
+    ``<= 64 * eps`` (sklearn's ``ftol``; the objective is always accumulated in float64), or
+    when not even steepest descent (after a restart of the L-BFGS memory) can decrease the
+    objective at floating-point resolution after iterations whose relative decrease had
+    already fallen to ``<= sqrt(eps)`` (a stall at the precision floor, e.g. in float32 or with
+    a tiny ``tol``; logged at INFO). Hitting ``max_iter``, or a line search failing in any other
+    situation, gives ``converged=False`` and a logged warning.
 
     Implementation notes: ``torch.optim.LBFGS`` is driven one iteration per ``step`` call (with
     a cached closure, so this costs no extra evaluations) so that the stopping rules above are
@@ -207,6 +225,7 @@ def fit_logistic(
 
     inv_cn = 1.0 / (float(C) * n)
     ftol = 64 * torch.finfo(torch.float64).eps  # the objective is always reduced in float64
+    stall_rel = math.sqrt(torch.finfo(torch.float64).eps)
     # Objective scale for torch (see docstring): makes y's >= S * tol^2 / L_max >> 1e-10.
     max_scale = 1e20 if dtype == torch.float64 else 1e10
     scale = min(max(1.0, 1e-6 * _curvature_bound(x, C) / tol**2), max_scale)
@@ -250,6 +269,7 @@ def fit_logistic(
     converged = False
     reason = "max_iter reached"
     just_restarted = False
+    last_rel_decrease = math.inf  # relative decrease of the last successful iteration
     while True:
         if not (math.isfinite(f) and math.isfinite(gmax)):
             reason = "non-finite objective"
@@ -266,20 +286,27 @@ def fit_logistic(
         f, gmax = float(loss), grad_max(gw, gb)
         moved = not (torch.equal(w, w_prev) and torch.equal(b, b_prev))
         if not moved or not f <= f_prev:
-            # Line search made no progress: restore, then restart L-BFGS memory once.
+            # The line search made no progress: restore, then restart the L-BFGS memory once
+            # (steepest descent). If even that cannot decrease f, f is flat at floating-point
+            # resolution: a stall (converged) if the previous iterations had already stalled
+            # to a relative decrease <= sqrt(eps), otherwise a failure.
             with torch.no_grad():
                 w.copy_(w_prev)
                 b.copy_(b_prev)
             loss, gw, gb = evaluate()
             f, gmax = float(loss), grad_max(gw, gb)
             if just_restarted:
-                reason = "line search failed"
+                if last_rel_decrease <= stall_rel:
+                    converged, reason = True, "stalled (no decrease at floating-point resolution)"
+                else:
+                    reason = "line search failed"
                 break
             opt = make_optimizer()
             just_restarted = True
             continue
         just_restarted = False
-        if (f_prev - f) / max(abs(f_prev), abs(f), 1.0) <= ftol:
+        last_rel_decrease = (f_prev - f) / max(abs(f_prev), abs(f), 1.0)
+        if last_rel_decrease <= ftol:
             converged, reason = True, "ftol"
             break
 
@@ -290,7 +317,8 @@ def fit_logistic(
             C, reason, n_iter, max_iter, gmax, tol, f,
         )
     else:
-        logger.debug("fit_logistic C=%g converged (%s) in %d iterations, max|grad|=%.3g", C, reason, n_iter, gmax)
+        level = logging.DEBUG if reason in ("gtol", "ftol") else logging.INFO
+        logger.log(level, "fit_logistic C=%g converged (%s) in %d iterations, max|grad|=%.3g", C, reason, n_iter, gmax)
 
     with torch.no_grad():
         weight_full[present] = w.detach()

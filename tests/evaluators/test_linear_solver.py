@@ -1,0 +1,156 @@
+import logging
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss
+
+from evaluators.linear_solver import (
+    LogisticFit,
+    fit_logistic,
+    regularization_path,
+    sklearn_equivalent_C,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    # tiny problems: avoid intra-op thread oversubscription on shared CPUs
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _blobs(n: int, d: int, k: int, sep: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    means = rng.normal(size=(k, d)) * sep
+    y = rng.integers(0, k, n)
+    x = means[y] + rng.normal(size=(n, d)) + 0.5  # offset: the intercept matters
+    return x, y
+
+
+def _sklearn(x, y, C):
+    return LogisticRegression(C=C, max_iter=5000, tol=1e-10).fit(x, y)
+
+
+def _neg_log_loss(y: np.ndarray, p: np.ndarray) -> float:
+    return -log_loss(y, p, labels=np.arange(p.shape[1]))
+
+
+@pytest.mark.parametrize("C", [1e-3, 1.0, 1e3])
+def test_matches_sklearn_multiclass(C):
+    x, y = _blobs(300, 20, 4, sep=0.7, seed=0)
+    fit = fit_logistic(torch.from_numpy(x), torch.from_numpy(y), 4, C, max_iter=5000, tol=1e-10)
+    sk = _sklearn(x, y, C)
+    assert fit.converged
+    p, p_sk = fit.predict_proba(x), sk.predict_proba(x)
+    assert np.abs(p - p_sk).max() < 1e-5
+    assert abs((p.argmax(1) == y).mean() - sk.score(x, y)) <= 0.005
+    w = fit.weight.numpy()
+    assert np.abs(w - sk.coef_).max() <= 1e-4 * max(1.0, np.abs(sk.coef_).max())
+    # intercepts are identified up to a common shift
+    b, b_sk = fit.bias.numpy(), sk.intercept_
+    np.testing.assert_allclose(b - b.mean(), b_sk - b_sk.mean(), atol=1e-4 * max(1.0, np.abs(b_sk).max()))
+
+
+@pytest.mark.parametrize("C_sk", [1e-3, 1.0, 1e3])
+def test_matches_sklearn_binary_with_equivalent_C(C_sk):
+    # softmax-2 at C equals sklearn's binomial model at 2C (module docstring derivation)
+    x, y = _blobs(300, 20, 2, sep=0.5, seed=1)
+    C = C_sk / 2
+    assert sklearn_equivalent_C(C, 2) == C_sk and sklearn_equivalent_C(C, 3) == C
+    fit = fit_logistic(torch.from_numpy(x), torch.from_numpy(y), 2, C, max_iter=5000, tol=1e-10)
+    sk = _sklearn(x, y, C_sk)
+    assert fit.converged
+    p, p_sk = fit.predict_proba(x), sk.predict_proba(x)
+    assert np.abs(p - p_sk).max() < 1e-5
+    w, b = fit.weight.numpy(), fit.bias.numpy()
+    scale = max(1.0, np.abs(sk.coef_).max())
+    assert np.abs((w[1] - w[0]) - sk.coef_[0]).max() <= 1e-4 * scale
+    assert abs((b[1] - b[0]) - sk.intercept_[0]) <= 1e-4 * scale
+    np.testing.assert_allclose(w[1], -w[0], atol=1e-6 * scale)  # symmetric optimum w1 = -w0
+    if C_sk <= 1.0:
+        # using the *same* C would be a visibly different model
+        naive = fit_logistic(torch.from_numpy(x), torch.from_numpy(y), 2, C_sk, tol=1e-10)
+        assert np.abs(naive.predict_proba(x) - p_sk).max() > 1e-3
+
+
+def test_absent_class_gets_zero_probability():
+    x, y = _blobs(200, 10, 4, sep=1.0, seed=2)
+    y = np.where(y == 2, 3, y)  # class 2 absent, labels {0, 1, 3}
+    fit = fit_logistic(torch.from_numpy(x), torch.from_numpy(y), 5, 1.0, tol=1e-10)
+    p = fit.predict_proba(x)
+    assert p.shape == (200, 5) and fit.converged
+    assert np.all(p[:, [2, 4]] == 0.0)
+    np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-12)
+    sk = _sklearn(x, y, 1.0)  # sklearn only knows the present classes
+    assert np.abs(p[:, [0, 1, 3]] - sk.predict_proba(x)).max() < 1e-5
+
+
+def test_warm_start_uses_fewer_iterations():
+    x, y = _blobs(500, 30, 5, sep=0.5, seed=3)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    prev = fit_logistic(xt, yt, 5, 1.0)
+    warm = fit_logistic(xt, yt, 5, 1.1, init=prev)
+    cold = fit_logistic(xt, yt, 5, 1.1)
+    assert warm.converged and cold.converged
+    assert warm.n_iter < 0.8 * cold.n_iter
+    assert np.abs(warm.predict_proba(x) - cold.predict_proba(x)).max() < 1e-4
+
+
+def test_not_converged_is_reported(caplog):
+    x, y = _blobs(200, 10, 3, sep=1.0, seed=4)
+    with caplog.at_level(logging.WARNING, logger="evaluators.linear_solver"):
+        fit = fit_logistic(torch.from_numpy(x), torch.from_numpy(y), 3, 10.0, max_iter=3)
+    assert not fit.converged and fit.n_iter == 3 and fit.grad_norm > 1e-6
+    assert "did not converge" in caplog.text
+
+
+def test_float32_close_to_float64():
+    x, y = _blobs(300, 20, 4, sep=0.7, seed=5)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    f64 = fit_logistic(xt, yt, 4, 1.0)
+    f32 = fit_logistic(xt, yt, 4, 1.0, dtype=torch.float32)
+    assert f32.weight.dtype == torch.float32
+    assert np.abs(f64.predict_proba(x) - f32.predict_proba(x)).max() < 1e-3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    x, y = _blobs(300, 20, 4, sep=0.7, seed=6)
+    cpu = fit_logistic(torch.from_numpy(x), torch.from_numpy(y), 4, 1.0)
+    gpu = fit_logistic(torch.from_numpy(x).cuda(), torch.from_numpy(y).cuda(), 4, 1.0)
+    assert gpu.weight.is_cuda and gpu.weight.dtype == torch.float64
+    assert np.abs(cpu.predict_proba(x) - gpu.predict_proba(x)).max() < 1e-8
+    gpu32 = fit_logistic(torch.from_numpy(x).cuda(), torch.from_numpy(y).cuda(), 4, 1.0, dtype=torch.float32)
+    assert gpu32.weight.dtype == torch.float32
+    assert np.abs(cpu.predict_proba(x) - gpu32.predict_proba(x)).max() < 1e-3
+
+
+def _best_C(path: list[tuple[float, float, LogisticFit]]) -> float:
+    return max(path, key=lambda t: t[1])[0]
+
+
+def test_regularization_path_prefers_strong_regularisation_on_noisy_high_dim_data():
+    x, y = _blobs(400, 100, 3, sep=0.15, seed=7)  # few samples per dimension, weak signal
+    t = lambda a: torch.from_numpy(a)  # noqa: E731
+    Cs = np.logspace(-4, 4, 9)
+    path = regularization_path(t(x[:100]), t(y[:100]), t(x[100:]), t(y[100:]), 3, Cs, _neg_log_loss)
+    assert [c for c, _, _ in path] == sorted(Cs)
+    assert all(f.converged for _, _, f in path)
+    best = _best_C(path)
+    assert best <= 1e-1
+    assert max(s for _, s, _ in path) > path[-1][1] + 0.5  # overfitting at C=1e4 is much worse
+
+
+def test_regularization_path_prefers_weak_regularisation_on_easy_low_dim_data():
+    x, y = _blobs(1000, 5, 3, sep=2.0, seed=8)  # many samples per dimension, strong signal
+    t = lambda a: torch.from_numpy(a)  # noqa: E731
+    Cs = list(np.logspace(-4, 4, 9))[::-1]  # order must not matter
+    path = regularization_path(t(x[:600]), t(y[:600]), x[600:], y[600:], 3, Cs, _neg_log_loss)
+    assert [c for c, _, _ in path] == sorted(Cs)
+    best = _best_C(path)
+    assert best >= 1.0
+    assert max(s for _, s, _ in path) > path[0][1] + 0.5  # C=1e-4 underfits badly
