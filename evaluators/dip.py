@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from benchmark.intervals import mean_metric
 from evaluators.base import EvalContext, EvalOutput, EvaluatorSpec
-from evaluators.dip_generator import DIP_INPUT_CHANNELS, SkipGenerator, noise_side
+from evaluators.dip_generator import DIP_CHANNELS, DIP_FILTERS, DIP_INPUT_CHANNELS, DIP_SKIP, SkipGenerator, noise_side
 from evaluators.image_quality import LPIPSScorer, psnr, ssim
 from evaluators.probe_common import frozen, sample_rows
 from evaluators.registry import EVALUATORS
@@ -41,6 +41,11 @@ DIP_DEFAULTS = {
     "num_images": 5,
     "split": "test",
     "noise_scale": 0.1,
+    "input_channels": DIP_INPUT_CHANNELS,  # generator: PROTOCOLS.md section 4 (DIP "skip" as ANTON)
+    "generator_channels": list(DIP_CHANNELS),
+    "generator_skip": list(DIP_SKIP),
+    "generator_filters": list(DIP_FILTERS),
+    "image_size": None,  # None: the encoder's input size; an int reconstructs at that size instead
     "normalize_input": True,  # generator output through encoder.preprocessing.normalize (ANTON: false)
     "lpips_nets": ["alex", "vgg", "squeeze"],
     "log_every": 50,  # loss-curve resolution (iterations)
@@ -49,7 +54,9 @@ DIP_DEFAULTS = {
 
 DIP_PRESETS = {
     "parity": {"normalize_input": False},
-    "quick": {"iterations": 150, "num_images": 1, "log_every": 25},
+    # CPU smoke preset: 64 px, a 4-scale 3x3 generator, lr 1e-2 (about 25x cheaper per step than parity at 128 px)
+    "quick": {"iterations": 100, "num_images": 1, "log_every": 20, "image_size": 64, "lr": 1e-2,
+              "generator_channels": [16, 32, 64, 64], "generator_skip": [4, 4, 4, 4], "generator_filters": [3, 3, 3, 3]},
 }
 
 
@@ -64,7 +71,8 @@ class Inversion:
 
 
 def invert_features(encoder: Encoder, target_image: torch.Tensor, iterations: int, lr: float = 1e-3, seed: int = 0,
-                    noise_scale: float = 0.1, normalize_input: bool = True, log_every: int = 50) -> Inversion:
+                    noise_scale: float = 0.1, normalize_input: bool = True, log_every: int = 50,
+                    generator: dict | None = None) -> Inversion:
     """Deep-image-prior inversion of ``encoder.feature_map`` for one image.
 
     Args:
@@ -73,6 +81,7 @@ def invert_features(encoder: Encoder, target_image: torch.Tensor, iterations: in
         iterations: Adam steps.
         seed: seeds the generator's initialisation and its noise input.
         normalize_input: pass generator output and target through ``encoder.preprocessing.normalize``.
+        generator: :class:`SkipGenerator` keyword arguments (default: the seed study's configuration).
     Returns:
         the reconstruction after the last step, the loss curve (every ``log_every`` steps and the
         last one) and the loss of the returned reconstruction.
@@ -88,10 +97,10 @@ def invert_features(encoder: Encoder, target_image: torch.Tensor, iterations: in
     prepare = preprocessing.normalize if normalize_input else (lambda t: t)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        generator = SkipGenerator()
-        side = noise_side(size, generator.scales)
-        noise = torch.rand(1, DIP_INPUT_CHANNELS, side, side) * noise_scale
-    generator.to(device).train()
+        net = SkipGenerator(**(generator or {}))
+        side = noise_side(size, net.scales)
+        noise = torch.rand(1, net.in_channels, side, side) * noise_scale
+    generator = net.to(device).train()
     noise = noise.to(device)
     with torch.no_grad():
         target = encoder.feature_map(prepare(target_image.unsqueeze(0)))
@@ -118,6 +127,12 @@ def run_dip(context: EvalContext, options: dict) -> EvalOutput:
     device = context.device
     rows = sample_rows(context, options["split"], options["num_images"], context.seed)
     iterations = int(options["iterations"])
+    preprocessing = encoder.preprocessing
+    if options["image_size"]:
+        preprocessing = preprocessing.with_input_size(int(options["image_size"]))
+    generator = {"in_channels": int(options["input_channels"]), "channels": list(options["generator_channels"]),
+                 "skip": list(options["generator_skip"]), "filters": list(options["generator_filters"])}
+    scales = SkipGenerator(**generator).scales
     scorer = LPIPSScorer(list(options["lpips_nets"]), device)
     originals, reconstructions, inversions = [], [], []
     progress = context.progress(f"dip {encoder.name}", len(rows)) if context.progress else None
@@ -125,10 +140,11 @@ def run_dip(context: EvalContext, options: dict) -> EvalOutput:
     start = time.perf_counter()
     with frozen(encoder):
         for position, row in enumerate(rows):
-            unit = encoder.preprocessing.to_unit_tensor(context.dataset.load_image(int(row))).to(device)
+            unit = preprocessing.to_unit_tensor(context.dataset.load_image(int(row))).to(device)
             inversion = invert_features(encoder, unit, iterations, float(options["lr"]), seed=context.seed + position,
                                         noise_scale=float(options["noise_scale"]),
-                                        normalize_input=bool(options["normalize_input"]), log_every=int(options["log_every"]))
+                                        normalize_input=bool(options["normalize_input"]), log_every=int(options["log_every"]),
+                                        generator=generator)
             originals.append(unit.cpu())
             reconstructions.append(inversion.image)
             inversions.append(inversion)
@@ -152,7 +168,8 @@ def run_dip(context: EvalContext, options: dict) -> EvalOutput:
     return EvalOutput(
         metrics=metrics, primary_metric="ssim",
         resolved={"n_images": int(len(rows)), "image_ids": ids, "iterations": iterations,
-                  "input_size": int(a.shape[-1]), "noise_side": noise_side(int(a.shape[-1])),
+                  "input_size": int(a.shape[-1]), "noise_side": noise_side(int(a.shape[-1]), scales),
+                  "generator": generator, "preprocessing": preprocessing.to_dict(),
                   "feature_map_shape": _feature_shape(encoder, a[:1].to(device)),
                   "lpips": {n: ("available" if f"lpips_{n}" in metrics else scorer.notes.get(n, "")) for n in options["lpips_nets"]},
                   "ci": "95% Student-t over images"},

@@ -70,6 +70,7 @@ class SkipGenerator(nn.Module):
         if not len(channels) == len(skip) == len(filters):
             raise ValueError("channels, skip and filters need one entry per scale")
         self.scales = len(channels)
+        self.in_channels = in_channels
         inner, inner_out = None, 0
         for i in reversed(range(len(channels))):
             cin = in_channels if i == 0 else channels[i - 1]
@@ -83,6 +84,7 @@ class SkipGenerator(nn.Module):
 
 
 def noise_side(size: int, scales: int = len(DIP_CHANNELS)) -> int:
-    """Noise side for an ``size`` output: the next multiple of 2^scales (224 -> 256, as ANTON)."""
+    """Noise side for a ``size`` output: the next multiple of 2^scales (224 -> 256, as ANTON), at least
+    2^(scales + 1) so the coarsest scale is 2 x 2 (BatchNorm in train mode needs > 1 value per channel)."""
     step = 2 ** scales
-    return ((size + step - 1) // step) * step
+    return max(2 * step, ((size + step - 1) // step) * step)

@@ -181,7 +181,7 @@ def run_multiview(context: EvalContext, options: dict) -> EvalOutput:
     seconds = time.perf_counter() - start
     return EvalOutput(
         metrics=metrics, primary_metric="multiview_similarity",
-        resolved={"n_pairs": int(len(pairs)), "n_groups_with_pairs": int(len(pairs)), "whitening": whitening.describe(),
+        resolved={"n_pairs": int(len(pairs)), "whitening": whitening.describe(),
                   "pairs": "one seeded pair of different images per group" + (", same label" if options["same_label_only"] else ""),
                   "reference": "as many random pairs of images from different groups", "ci": "95% Student-t over pairs"},
         extra={"detail_metrics": list(metrics)},

@@ -61,11 +61,16 @@ def occlusion_map(encoder: Encoder, image: torch.Tensor, window: int, stride: in
     if window > min(image.shape[-2:]):
         raise ValueError(f"occlusion window {window} is larger than the image ({tuple(image.shape[-2:])})")
     x = image.unsqueeze(0)
-    reference = encoder(x).float()
-    scale = torch.linalg.vector_norm(reference, dim=1).clamp_min(1e-12)
+    rows = max(1, int(perturbations_per_eval)) + 1
 
     def negative_distance(batch: torch.Tensor) -> torch.Tensor:
-        return -torch.linalg.vector_norm(encoder(batch).float() - reference, dim=1) / scale
+        # Every forward pass has the same batch size and carries the clean image as its last row, so
+        # f(x) and f(x_occ) see identical arithmetic: windows that change nothing score exactly 0.
+        n = batch.shape[0]
+        features = encoder(torch.cat([batch, x.expand(rows - n, -1, -1, -1)])).float()
+        reference = features[-1:]
+        scale = torch.linalg.vector_norm(reference, dim=1).clamp_min(1e-12)
+        return -torch.linalg.vector_norm(features[:n] - reference, dim=1) / scale
 
     occlusion = attr.Occlusion(negative_distance)
     maps = occlusion.attribute(x, sliding_window_shapes=(x.shape[1], window, window),
