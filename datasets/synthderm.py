@@ -7,6 +7,7 @@ sex and body site.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -17,6 +18,7 @@ import pandas as pd
 from benchmark.features import default_cache_dir
 from datasets.base import ArrayImageDataset, DatasetSpec
 from datasets.registry import DATASETS
+from datasets import synthderm_render
 from datasets.synthderm_render import SYNTHDERM_CLASSES, generate_synthderm
 
 log = logging.getLogger(__name__)
@@ -24,8 +26,15 @@ log = logging.getLogger(__name__)
 SYNTHDERM_DEFAULTS = {"seed": 0, "n_lesions": 600, "image_size": 128}
 
 
+def _renderer_version() -> str:
+    """Short hash of the renderer's source: a changed generator never reuses old cached images."""
+    source = Path(synthderm_render.__file__).read_bytes()
+    return hashlib.sha256(source).hexdigest()[:12]
+
+
 def _cache_file(seed: int, n_lesions: int, image_size: int) -> Path:
-    return default_cache_dir() / "synthderm" / f"synthderm_v1_seed{seed}_n{n_lesions}_s{image_size}.npz"
+    name = f"synthderm_{_renderer_version()}_seed{seed}_n{n_lesions}_s{image_size}.npz"
+    return default_cache_dir() / "synthderm" / name
 
 
 def load_synthderm_arrays(seed: int, n_lesions: int, image_size: int) -> tuple[np.ndarray, pd.DataFrame]:

@@ -4,9 +4,10 @@ Each *lesion* gets class-dependent morphology (border irregularity from Fourier 
 radius, colour zones, pigment network, globules, streaks, vessels, lacunae, milia, scale, ...)
 painted into a lesion-frame canvas of chromophore concentrations (melanin, deep "blue-grey"
 melanin, oxy-/deoxy-haemoglobin, white). Each *image* of a lesion resamples that canvas under its
-own nuisances (rotation, scale, shift), composites it on freshly textured skin of the patient's
-Fitzpatrick type with a Beer-Lambert model, then adds hair, illumination, white balance, a
-dermoscope vignette, sensor noise and optional JPEG compression.
+own nuisances (rotation, scale, shift) and adds hair, illumination gradient, brightness, white
+balance, a dermoscope vignette, sensor noise and (for half of the images) JPEG compression. The
+canvas already holds the lesion composited (Beer-Lambert) on textured skin of the patient's
+Fitzpatrick type, so all images of a lesion show the same lesion on the same patch of skin.
 
 Skin type, pigment density and the nuisances are drawn independently of the class and dominate
 the mean colour, so the 7-way task cannot be solved from mean RGB; the class lives in shape and
@@ -97,13 +98,15 @@ class _Canvas:
 
 
 def _make_canvas(image_size: int) -> _Canvas:
+    """Lesion canvas with the image's pixel density (image half-width = 1 lesion unit)."""
     size = max(24, int(math.ceil(image_size * _CANVAS_EXTENT)))
     u = np.linspace(-_CANVAS_EXTENT, _CANVAS_EXTENT, size)
     y, x = np.meshgrid(u, u, indexing="ij")
     return _Canvas(size, (size - 1) / (2 * _CANVAS_EXTENT), x, y, np.hypot(x, y), np.arctan2(y, x))
 
 
-def _smoothstep(v: np.ndarray, lo: float, hi: float) -> np.ndarray:
+def _smoothstep(v: np.ndarray, lo: float | np.ndarray, hi: float | np.ndarray) -> np.ndarray:
+    """0 below ``lo``, 1 above ``hi``, cubic in between."""
     t = np.clip((v - lo) / np.maximum(hi - lo, 1e-9), 0.0, 1.0)
     return t * t * (3 - 2 * t)
 
@@ -209,12 +212,14 @@ class _Geometry:
     outline: np.ndarray
 
     def radius_at(self, phi: np.ndarray) -> np.ndarray:
+        """Outline radius (lesion units) at angles ``phi`` (any shape), capped to stay on the canvas."""
         k = np.arange(1, len(self.amps) + 1)
         harm = (self.amps * np.cos(np.multiply.outer(phi, k) + self.phases)).sum(-1)
         return np.minimum(self.r0 * np.exp(harm), 0.82)
 
 
 def _make_geometry(rng: np.random.Generator, cv: _Canvas, spec: _ClassSpec, r0: float) -> _Geometry:
+    """Random outline with class-dependent irregularity (harmonics 1..12) plus fine border roughness."""
     irr = rng.uniform(*spec.irregularity)
     k = np.arange(1, 13)
     amps = irr * rng.standard_normal(12) / k ** 0.9
@@ -260,6 +265,7 @@ def _network(rng: np.random.Generator, cv: _Canvas, spacing: float, irregular: f
 
 def _globules(rng: np.random.Generator, cv: _Canvas, geo: _Geometry, n: int, size: float,
               size_spread: float, rho_lo: float = 0.0, rho_hi: float = 0.9) -> np.ndarray:
+    """``n`` round dots/globules (Gaussian sigma ~``size`` lesion units, log-normal spread) in the lesion."""
     xs, ys = _points_in_lesion(rng, geo, n, rho_lo, rho_hi)
     sig = size * np.exp(size_spread * rng.standard_normal(n))
     return np.clip(_splat_sizes(cv, xs, ys, rng.uniform(0.6, 1.0, n), sig), 0, 1.5)
@@ -331,7 +337,9 @@ def _lacunae(rng: np.random.Generator, cv: _Canvas, geo: _Geometry, n: int,
 
 
 # ----------------------------------------------------------------------------------------------
-# Class painters: fill conc (5, size, size) for one lesion; return a short variant name
+# Class painters: add chromophore concentrations to conc (5, C, C) for one lesion (channels _MEL,
+# _BG, _HB, _DEOXY, _WHITE); return the sub-type ("variant") drawn. Variants deliberately include
+# mimics of other classes (dysplastic/Spitz/blue nevi, early/amelanotic melanoma, ...).
 # ----------------------------------------------------------------------------------------------
 _Painter = Callable[[np.random.Generator, _Canvas, _Geometry, np.ndarray], str]
 
@@ -373,7 +381,7 @@ def _protos(rng: np.random.Generator, names: list[str], weights: list[float], k:
     return np.array([_PROTOS[names[i]] for i in chosen]) * rng.uniform(0.75, 1.25, (k, 1))
 
 
-def _paint_nv(rng, cv, geo, conc) -> str:
+def _paint_nv(rng: np.random.Generator, cv: _Canvas, geo: _Geometry, conc: np.ndarray) -> str:
     variant = _pick(rng, {"reticular": 0.36, "globular": 0.2, "homogeneous": 0.1, "dermal": 0.1,
                           "dysplastic": 0.14, "spitz": 0.05, "blue": 0.05})
     m = geo.mask
@@ -408,7 +416,7 @@ def _paint_nv(rng, cv, geo, conc) -> str:
     return variant
 
 
-def _paint_mel(rng, cv, geo, conc) -> str:
+def _paint_mel(rng: np.random.Generator, cv: _Canvas, geo: _Geometry, conc: np.ndarray) -> str:
     variant = _pick(rng, {"multicomponent": 0.6, "early": 0.2, "nodular": 0.1, "amelanotic": 0.1})
     m = geo.mask
     if variant == "amelanotic":
@@ -448,7 +456,7 @@ def _paint_mel(rng, cv, geo, conc) -> str:
     return variant
 
 
-def _paint_bkl(rng, cv, geo, conc) -> str:
+def _paint_bkl(rng: np.random.Generator, cv: _Canvas, geo: _Geometry, conc: np.ndarray) -> str:
     variant = _pick(rng, {"seborrheic": 0.5, "lentigo": 0.3, "lplk": 0.2})
     m = geo.mask
     if variant == "lentigo":
@@ -472,7 +480,7 @@ def _paint_bkl(rng, cv, geo, conc) -> str:
     return variant
 
 
-def _paint_df(rng, cv, geo, conc) -> str:
+def _paint_df(rng: np.random.Generator, cv: _Canvas, geo: _Geometry, conc: np.ndarray) -> str:
     variant = _pick(rng, {"central_patch": 0.75, "homogeneous": 0.25})
     conc[_MEL] += rng.uniform(0.35, 0.9) * geo.mask * _mottle(rng, cv, 0.1)
     conc[_HB] += rng.uniform(0.08, 0.25) * geo.mask
@@ -486,7 +494,7 @@ def _paint_df(rng, cv, geo, conc) -> str:
     return variant
 
 
-def _paint_bcc(rng, cv, geo, conc) -> str:
+def _paint_bcc(rng: np.random.Generator, cv: _Canvas, geo: _Geometry, conc: np.ndarray) -> str:
     variant = _pick(rng, {"nodular": 0.45, "pigmented": 0.3, "superficial": 0.25})
     m = geo.mask
     conc[_HB] += rng.uniform(0.12, 0.35) * m * _mottle(rng, cv, 0.2)
@@ -522,7 +530,7 @@ def _paint_bcc(rng, cv, geo, conc) -> str:
     return variant
 
 
-def _paint_akiec(rng, cv, geo, conc) -> str:
+def _paint_akiec(rng: np.random.Generator, cv: _Canvas, geo: _Geometry, conc: np.ndarray) -> str:
     variant = _pick(rng, {"erythematous": 0.6, "pigmented": 0.25, "hypertrophic": 0.15})
     m = geo.mask
     conc[_HB] += rng.uniform(0.3, 0.7) * _mottle(rng, cv, 0.25) * m
@@ -541,7 +549,7 @@ def _paint_akiec(rng, cv, geo, conc) -> str:
     return variant
 
 
-def _paint_vasc(rng, cv, geo, conc) -> str:
+def _paint_vasc(rng: np.random.Generator, cv: _Canvas, geo: _Geometry, conc: np.ndarray) -> str:
     variant = _pick(rng, {"red": 0.4, "purple": 0.25, "thrombosed": 0.2, "angiokeratoma": 0.15})
     m = geo.mask
     lac = _lacunae(rng, cv, geo, int(rng.integers(15, 45)), (0.15 * geo.r0, 0.4 * geo.r0)) * m
@@ -584,6 +592,7 @@ class _Lesion:
 
 
 def _sample_patient(rng: np.random.Generator, dx: str) -> dict:
+    """Fitzpatrick type (independent of class), sex, age and body site (mildly class-dependent)."""
     spec = _SPECS[dx]
     fitz = int(rng.choice(6, p=FITZPATRICK_WEIGHTS / FITZPATRICK_WEIGHTS.sum())) + 1
     age = int(np.clip(5 * round(rng.normal(spec.age_mean, 14) / 5), 5, 90))
@@ -593,6 +602,7 @@ def _sample_patient(rng: np.random.Generator, dx: str) -> dict:
 
 
 def _make_lesion(rng: np.random.Generator, cv: _Canvas, dx: str) -> _Lesion:
+    """Draw a patient and a lesion of class ``dx`` and render it on skin into the lesion canvas."""
     spec = _SPECS[dx]
     patient = _sample_patient(rng, dx)
     fitz = patient["fitzpatrick"]
@@ -623,6 +633,7 @@ def _image_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _sample_nuisances(rng: np.random.Generator, hairiness: float) -> dict:
+    """Per-image acquisition parameters, all independent of the class (hair count via the patient)."""
     vignetting = float(rng.uniform(0.3, 1.0)) if rng.uniform() < 0.75 else 0.0
     return {
         "rotation_deg": float(rng.uniform(0, 360)),
@@ -747,6 +758,7 @@ def _light_field(x: np.ndarray, y: np.ndarray, nz: dict) -> np.ndarray:
 
 
 def _jpeg_roundtrip(img: np.ndarray, quality: int) -> np.ndarray:
+    """Encode/decode (S, S, 3) uint8 as JPEG in memory (Pillow's libjpeg; deterministic per version)."""
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format="JPEG", quality=quality)
     buf.seek(0)
