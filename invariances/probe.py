@@ -1,9 +1,10 @@
 """Running the invariance probe: transformed views through a frozen encoder, scored against the clean view.
 
 Views are built on CPU workers (one item = one image under one chunk of a transform's parameters),
-the encoder runs in eval mode under ``inference_mode`` (bf16 autocast on CUDA, as feature
-extraction), and each view's feature is compared with the clean view of the same image (built by the
-same pipeline in the same run) under :class:`~invariances.whitening.Whitening`.
+the encoder runs in eval mode under ``inference_mode`` in fp32 on every device (no autocast: bf16
+rounding of f(x) and f(Tx), amplified by the whitening, would lower the similarities on GPUs only),
+and each view's feature is compared with the clean view of the same image (built by the same
+pipeline in the same run) under :class:`~invariances.whitening.Whitening`.
 """
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from benchmark.device import autocast_dtype
 from datasets.base import ImageDataset
 from invariances.transforms import TransformGrid, ViewGeometry
 from invariances.whitening import Whitening
@@ -110,15 +110,13 @@ def run_invariance(encoder: Encoder, dataset: ImageDataset, rows: np.ndarray, gr
                         num_workers=num_workers, pin_memory=device.type == "cuda")
     was_training = encoder.training
     encoder.eval().to(device)
-    dtype = autocast_dtype(device)
     clean = torch.full((len(rows), encoder.feature_dim), float("nan"), dtype=torch.float64)
     pending: list[tuple[int, str, list[int], torch.Tensor]] = []
     n_views = 0
     try:
         for image_pos, name, indices, views in loader:
             views = views.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                features = encoder(views).float().cpu().to(torch.float64)
+            features = encoder(views).float().cpu().to(torch.float64)
             n_views += len(views)
             if progress is not None:
                 progress(1)
