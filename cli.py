@@ -11,7 +11,8 @@ from typing import Any, Callable
 import click
 
 DEFAULT_RESULTS = Path("results")
-EVALUATOR_COMMANDS = ("linear", "knn", "fewshot", "kshot-linear", "finetune")
+EVALUATOR_COMMANDS = ("linear", "knn", "fewshot", "kshot-linear", "finetune", "invariance", "multiview-invariance",
+                      "saliency", "dip")
 MAIN_JOB_IMAGE_SIZE = 128
 
 
