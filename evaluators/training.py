@@ -193,7 +193,8 @@ class Trainer:
             self.model.train()
             images = images.to(device, non_blocking=True)
             targets = targets.to(device, non_blocking=True)
-            images = images.contiguous(memory_format=torch.channels_last)
+            if images.dim() == 4:  # image batches only (a head-only model may take vectors)
+                images = images.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 logits = network(images)
             loss = F.cross_entropy(logits.float(), targets)
