@@ -11,7 +11,8 @@ from typing import Any, Callable
 import click
 
 DEFAULT_RESULTS = Path("results")
-EVALUATOR_COMMANDS = ("linear",)
+EVALUATOR_COMMANDS = ("linear", "knn", "fewshot", "kshot-linear", "finetune", "invariance", "multiview-invariance",
+                      "saliency", "dip")
 MAIN_JOB_IMAGE_SIZE = 128
 
 
@@ -124,17 +125,19 @@ def _settings(results_dir: Path, cache_dir: Path | None, no_cache: bool, device:
     from benchmark.runner import RunSettings
     from evaluators.base import ExtractionSettings
     from pretrained.encoder import LoadOptions
+    from benchmark import distributed
     try:
         torch_device = resolve_device(device)
     except (ValueError, RuntimeError) as error:
         raise click.BadParameter(str(error), param_hint="--device") from None
+    torch_device = _run_user_action(lambda: distributed.init_from_env(torch_device))  # under torchrun: join the group
     extraction = ExtractionSettings(device=torch_device, cache_dir=None if no_cache else (cache_dir or default_cache_dir()),
                                     batch_size=batch_size, num_workers=workers, image_size=image_size or None)
     return RunSettings(results_dir=results_dir, extraction=extraction,
                        load_options=LoadOptions(weights_dir=str(weights_dir) if weights_dir else None,
                                                 trust_checkpoint=trust_checkpoint),
                        roots=roots, dataset_options=dataset_options, seed=seed, split_file=split_file,
-                       overwrite=overwrite, progress=_progress_factory())
+                       overwrite=overwrite, progress=_progress_factory() if distributed.is_main_process() else None)
 
 
 def _resolve_local_model(model: str, checkpoint: Path | None, key_prefix: str) -> str:
@@ -150,6 +153,9 @@ def _resolve_local_model(model: str, checkpoint: Path | None, key_prefix: str) -
 
 
 def _print_outcome(outcome) -> None:
+    from benchmark.distributed import is_main_process
+    if not is_main_process():  # under torchrun only rank 0 reports
+        return
     if outcome.status == "skipped":
         click.echo(f"skipped (record exists, use --overwrite to recompute): {outcome.path}")
         return
@@ -564,6 +570,54 @@ def evaluate(evaluator: str, **kwargs) -> None:
 
 
 @cli.command()
+@click.argument("protocol", type=click.Choice(["medmnist-v2"]))
+@click.option("--dataset", "-d", required=True, help="MedMNIST dataset, e.g. medmnist:breastmnist.")
+@click.option("--root", type=click.Path(path_type=Path), default=None, help="Folder (or .npz file) with the MedMNIST data.")
+@click.option("--seeds", type=click.IntRange(1), default=3, show_default=True, help="Train seeds 0..N-1.")
+@click.option("--arch", type=click.Choice(["resnet18", "resnet50"]), default="resnet18", show_default=True)
+@click.option("--size", type=click.Choice(["28", "224"]), default="28", show_default=True,
+              help="28: small-input ResNet; 224: images resized up (nearest), torchvision ResNet.")
+@click.option("--epochs", type=click.IntRange(1), default=None, help="Fewer epochs than the paper's 100 (smoke runs).")
+@click.option("--init-model", default=None, help="Train this encoder + linear head instead of the random-init ResNet.")
+@click.option("--dataset-option", multiple=True, help="Dataset option KEY=VALUE.")
+@common_run_options
+def reproduce(protocol: str, dataset: str, root: Path | None, seeds: int, arch: str, size: str, epochs: int | None,
+              init_model: str | None, dataset_option: tuple[str, ...], **common) -> None:
+    """Run a published protocol and print our results (mean ± sd, each seed) next to the published ones.
+
+    "In mean±2sd": the published value lies within our mean ± 2 sd over seeds (ddof=1).
+    "|diff|<=tol": our mean is within 0.03 of the published value (the acceptance bound).
+    """
+    _setup_logging(common.pop("verbose"))
+    common.pop("checkpoint"), common.pop("key_prefix")
+    import json
+    from benchmark.records import ResultRecord
+    from benchmark.reproduce import format_comparison, medmnist_v2_comparison
+    from benchmark.runner import Cell, Runner
+    from datasets.registry import DATASETS
+    overrides = {"seeds": seeds, "size": int(size), **({"epochs": epochs} if epochs else {}),
+                 **({"init": "encoder"} if init_model else {})}
+    variant = f"size{size}-seeds{seeds}" + (f"-epochs{epochs}" if epochs else "")
+
+    def action():
+        dataset_name = DATASETS.resolve(dataset)
+        settings = _settings(roots={dataset_name: root} if root else {},
+                             dataset_options={dataset_name: _parse_pairs(dataset_option, "--dataset-option")}, **common)
+        outcome = Runner(settings).run(Cell(init_model or f"{arch}-random", dataset_name, protocol,
+                                            overrides=overrides, variant=variant))
+        record = outcome.record or ResultRecord.from_json(json.loads(outcome.path.read_text()))
+        return outcome, record
+    outcome, record = _run_user_action(action)
+    _print_outcome(outcome)
+    click.echo(f"{protocol}: {record.identity.encoder} on {record.identity.dataset} ({record.protocol['resolved']['model']}), "
+               f"seeds {record.protocol['resolved']['seeds']}, best epochs {record.protocol['resolved']['best_epochs']}")
+    if init_model:
+        click.echo(f"note: the published rows are the paper's from-scratch {arch} at {size} px, shown for contrast")
+    click.echo(format_comparison(medmnist_v2_comparison(record, arch, int(size))))
+    click.echo(f"record: {outcome.path}", err=True)
+
+
+@cli.command()
 @click.option("--results", "results_dir", type=click.Path(path_type=Path), default=DEFAULT_RESULTS, show_default=True,
               help="Results folder to aggregate.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Markdown file (CSV written beside it).")
@@ -619,7 +673,8 @@ def benchmark(models_, datasets_, evaluators_, roots, shard, dry_run, **common) 
             continue
         click.echo(f"[{number}/{len(cells)}] {identity.evaluator} {identity.encoder} on {identity.dataset}", err=True)
         _print_outcome(_run_user_action(lambda: runner.run(cell)))
-    if not dry_run:
+    from benchmark.distributed import is_main_process
+    if not dry_run and is_main_process():
         markdown, csv, board = write_leaderboard(settings.results_dir)
         click.echo(markdown.read_text())
         click.echo(f"wrote {markdown} and {csv}", err=True)
