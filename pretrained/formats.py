@@ -209,7 +209,7 @@ class SplitState:
 
     backbone: dict[str, torch.Tensor]
     dropped: dict[str, list[str]]
-    ignored: list[str]
+    ignored: dict[str, torch.Tensor]  # keys outside the prefix (formats with ignore_outside_prefix only)
 
 
 def split_state(state: Mapping[str, torch.Tensor], fmt: CheckpointFormat, source: str) -> SplitState:
@@ -217,7 +217,7 @@ def split_state(state: Mapping[str, torch.Tensor], fmt: CheckpointFormat, source
     grouped: dict[str, list[str]] = {group.label + "|" + group.namespace: [] for group in fmt.drops}
     backbone: dict[str, torch.Tensor] = {}
     unexpected: list[str] = []
-    ignored: list[str] = []
+    ignored: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         group = next((g for g in fmt.drops if key.startswith(g.namespace)), None)
         if group is not None:
@@ -225,7 +225,7 @@ def split_state(state: Mapping[str, torch.Tensor], fmt: CheckpointFormat, source
         elif key.startswith(fmt.prefix):
             backbone[key[len(fmt.prefix):]] = value
         elif fmt.ignore_outside_prefix:
-            ignored.append(key)
+            ignored[key] = value
         else:
             unexpected.append(key)
     problems = [p for g in fmt.drops if (p := g.check(grouped[g.label + "|" + g.namespace]))]
@@ -240,7 +240,7 @@ def split_state(state: Mapping[str, torch.Tensor], fmt: CheckpointFormat, source
                               + f". Expected: {fmt.description}. Sample keys in the file: {_listing(list(state))}")
     dropped = {g.label: grouped[g.label + "|" + g.namespace] for g in fmt.drops if grouped[g.label + "|" + g.namespace]}
     if ignored:
-        log.info("%s: ignoring %d keys outside prefix '%s' (e.g. %s)", source, len(ignored), fmt.prefix, ignored[:3])
+        log.info("%s: ignoring %d keys outside prefix '%s' (e.g. %s)", source, len(ignored), fmt.prefix, list(ignored)[:3])
     return SplitState(backbone, dropped, ignored)
 
 

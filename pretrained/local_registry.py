@@ -15,6 +15,7 @@ keys outside the prefix are ignored (counted in provenance), and the backbone lo
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -22,14 +23,15 @@ import os
 import re
 import time
 from collections import Counter
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from pretrained.architectures import DENSENETS
-from pretrained.backbones import build_backbone, make_encoder
+from pretrained.backbones import Backbone, TimmTrunk, build_backbone, make_encoder
 from pretrained.checkpoint_encoder import checkpoint_provenance, load_state
-from pretrained.checkpoints import sha256_file
+from pretrained.checkpoints import MissingWeightsError, sha256_file
 from pretrained.encoder import Encoder, EncoderSpec, LoadOptions
 from pretrained.errors import CheckpointError
 from pretrained.formats import fix_legacy_densenet_keys, load_backbone_state, local_format
@@ -65,7 +67,8 @@ def load_local_entries(path: Path | None = None) -> dict[str, dict[str, Any]]:
 
 def register_local_encoder(name: str, arch: str, checkpoint: str | Path, key_prefix: str = "",
                            preprocessing: dict | Preprocessing | None = None, provenance: dict | None = None, *,
-                           kind: str = "user", description: str = "", licence: str = "") -> EncoderSpec:
+                           kind: str | None = None, description: str = "", licence: str = "",
+                           feature_dim: int | None = None) -> EncoderSpec:
     """Save a local encoder in the JSON registry and register it now; returns its spec.
 
     Args:
@@ -75,7 +78,8 @@ def register_local_encoder(name: str, arch: str, checkpoint: str | Path, key_pre
         key_prefix: prefix of the backbone keys in the file (``"module.encoder_q."``, ``""``).
         preprocessing: :class:`Preprocessing` or its ``to_dict()``; ``None`` = the architecture's default.
         provenance: extra JSON-able facts copied into every record (training data, recipe, ...).
-        kind: ``user`` or ``in-domain`` (SSL trained by medtransfer), shown by ``cli.py models``.
+        kind: ``user`` (default) or ``in-domain`` (SSL trained by medtransfer), shown by ``cli.py models``.
+        feature_dim: pooled feature size, when the caller knows it (else taken from the architecture).
     Raises:
         ValueError: bad name, name of a built-in encoder, missing file or unknown architecture.
     """
@@ -87,14 +91,17 @@ def register_local_encoder(name: str, arch: str, checkpoint: str | Path, key_pre
         preprocessing = preprocessing.to_dict()
     if preprocessing is not None:
         preprocessing_from_dict(preprocessing)  # validate now, not at first use
-    entry = {"arch": arch, "checkpoint": str(checkpoint), "key_prefix": key_prefix, "preprocessing": preprocessing,
-             "provenance": dict(provenance or {}), "kind": kind, "description": description, "licence": licence,
-             "feature_dim": feature_dim_of(arch), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    entry = {"arch": arch, "checkpoint": str(checkpoint), "checkpoint_sha256": sha256_file(checkpoint),
+             "key_prefix": key_prefix, "preprocessing": preprocessing, "provenance": dict(provenance or {}),
+             "kind": kind or "user", "description": description, "licence": licence,
+             "feature_dim": int(feature_dim or feature_dim_of(arch)),
+             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     json.dumps(entry)  # fail early on non-JSON provenance
     path = local_registry_path()
-    entries = load_local_entries(path)
-    entries[name] = entry
-    _write_entries(path, entries)
+    with _locked(path):
+        entries = load_local_entries(path)
+        entries[name] = entry
+        _write_entries(path, entries)
     if name in ENCODERS:
         ENCODERS.remove(name)
     spec = local_spec(name, entry)
@@ -105,12 +112,13 @@ def register_local_encoder(name: str, arch: str, checkpoint: str | Path, key_pre
 def remove_local_encoder(name: str) -> None:
     """Delete a saved local encoder (the checkpoint file is left alone)."""
     path = local_registry_path()
-    entries = load_local_entries(path)
     key = name.strip().lower()
-    if key not in entries:
-        raise ValueError(f"no local encoder '{name}' in {path}; saved: {', '.join(sorted(entries)) or 'none'}")
-    del entries[key]
-    _write_entries(path, entries)
+    with _locked(path):
+        entries = load_local_entries(path)
+        if key not in entries:
+            raise ValueError(f"no local encoder '{name}' in {path}; saved: {', '.join(sorted(entries)) or 'none'}")
+        del entries[key]
+        _write_entries(path, entries)
     if key in ENCODERS and ENCODERS.origin(key) == LOCAL_ORIGIN:
         ENCODERS.remove(key)
 
@@ -167,29 +175,70 @@ def local_spec(name: str, entry: dict[str, Any]) -> EncoderSpec:
 
 
 def build_local_encoder(name: str, entry: dict[str, Any], options: LoadOptions) -> Encoder:
-    """Load the entry's checkpoint into a fresh ``arch`` backbone (strict after prefix + head filtering)."""
+    """Load the entry's checkpoint into a fresh ``arch`` skeleton (strict after prefix + head filtering).
+
+    The skeleton is the zoo's random-init encoder of ``arch`` when there is one (so every zoo
+    architecture, e.g. EfficientNet-Lite, works), else a torchvision / timm build. Pooling layers
+    with parameters load from ``pool.*`` keys outside the prefix.
+    """
     path = Path(entry["checkpoint"])
     if not path.is_file():
-        from pretrained.checkpoints import MissingWeightsError
         raise MissingWeightsError(path.name, [path.parent], f"local encoder '{name}' points at {path}; restore the "
-                                  f"file or re-register it (python cli.py models add ...)")
+                                  f"file or register it again (python cli.py models add ...)")
+    expected_sha = entry.get("checkpoint_sha256")
+    if expected_sha and sha256_file(path) != expected_sha:
+        raise CheckpointError(f"checkpoint {path} of local encoder '{name}' changed since it was registered "
+                              f"(sha256 {sha256_file(path)[:12]}..., registered {expected_sha[:12]}...); register it "
+                              f"again (python cli.py models add ...) so records name the weights they used")
     arch, prefix = entry["arch"], entry.get("key_prefix", "")
-    backbone = build_backbone(arch)
-    fmt = local_format(prefix, backbone.head_namespaces)
+    skeleton = local_skeleton(arch)
+    fmt = local_format(prefix, skeleton.head_namespaces)
     split = load_state(path, fmt, options.trust_checkpoint)
     state = fix_legacy_densenet_keys(split.backbone) if arch in DENSENETS else split.backbone
     try:
-        load_backbone_state(backbone.loadable, state, fmt, str(path))
+        load_backbone_state(skeleton.loadable, state, fmt, str(path))
+        if skeleton.pool.state_dict():
+            pool_state = {k[len("pool."):]: v for k, v in split.ignored.items() if k.startswith("pool.")}
+            load_backbone_state(skeleton.pool, pool_state, fmt, f"{path} (pool.*)")
     except CheckpointError as error:
-        file_keys = [prefix + k for k in split.backbone] + split.ignored + [k for v in split.dropped.values() for k in v]
-        hint = suggest_prefix(file_keys, list(backbone.loadable.state_dict()), prefix)
+        file_keys = [prefix + k for k in split.backbone] + list(split.ignored) + [k for v in split.dropped.values() for k in v]
+        hint = suggest_prefix(file_keys, list(skeleton.loadable.state_dict()), prefix)
         raise CheckpointError(f"{error}{hint}") from None
     preprocessing = (preprocessing_from_dict(entry["preprocessing"]) if entry.get("preprocessing")
-                     else backbone.preprocessing)
+                     else skeleton.preprocessing)
     provenance = checkpoint_provenance(path, fmt, arch, split, licence=entry.get("licence", ""), key_prefix=prefix,
                                        local_encoder=True, **{k: v for k, v in entry.get("provenance", {}).items()
                                                               if k not in ("weights_sha256", "file", "format")})
-    return make_encoder(name, backbone, preprocessing, provenance)
+    if skeleton.encoder is None:
+        return make_encoder(name, skeleton, preprocessing, provenance)
+    encoder = skeleton.encoder
+    encoder.name, encoder.preprocessing, encoder.provenance = name, preprocessing, provenance
+    return encoder
+
+
+@dataclass
+class Skeleton(Backbone):
+    encoder: Encoder | None = None  # the zoo's random-init encoder used as skeleton, if any
+
+
+def local_skeleton(arch: str) -> Skeleton:
+    """Random-init network of ``arch`` to load a local checkpoint into (see :func:`build_local_encoder`)."""
+    twin = random_twin(arch)
+    if twin is None:
+        backbone = build_backbone(arch)
+        return Skeleton(**vars(backbone))
+    encoder = twin.build(LoadOptions())
+    loadable = encoder.trunk.model if isinstance(encoder.trunk, TimmTrunk) else encoder.trunk
+    library = "timm" if isinstance(encoder.trunk, TimmTrunk) else "zoo"
+    return Skeleton(encoder.trunk, encoder.pool, encoder.feature_dim, loadable, ("fc.", "classifier.", "head."),
+                    library, encoder.preprocessing, encoder=encoder)
+
+
+def random_twin(arch: str) -> EncoderSpec | None:
+    """The registered random-init encoder of ``arch`` (``<arch>-random`` first), if any."""
+    if f"{arch}-random" in ENCODERS and ENCODERS.get(f"{arch}-random").kind == "random":
+        return ENCODERS.get(f"{arch}-random")
+    return next((spec for _, spec in ENCODERS.items() if spec.kind == "random" and spec.architecture == arch), None)
 
 
 def suggest_prefix(file_keys: list[str], expected: list[str], current: str) -> str:
@@ -232,9 +281,26 @@ def check_new_local_name(name: str) -> bool:
 
 
 def feature_dim_of(arch: str) -> int:
-    """Pooled feature dimension of ``arch`` (known table, else one random build)."""
-    from pretrained.torchvision_zoo import FEATURE_DIMS
-    return FEATURE_DIMS.get(arch) or build_backbone(arch).feature_dim
+    """Pooled feature dimension of ``arch`` (its random twin's, else one random build)."""
+    twin = random_twin(arch)
+    return twin.feature_dim if twin is not None else build_backbone(arch).feature_dim
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Serialise read-modify-write of the registry file between processes (POSIX flock; no-op elsewhere)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(path.with_name(path.name + ".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _write_entries(path: Path, entries: dict[str, dict]) -> None:

@@ -25,6 +25,8 @@ def weights_rows(weights_dir: str | Path | None = None) -> list[dict[str, Any]]:
     options = LoadOptions(weights_dir=str(weights_dir) if weights_dir else None)
     rows = []
     for name, spec in ENCODERS.items():
+        if not encoder_sources(spec) and spec.kind != "random" and spec.weights_status is not None:
+            rows.append(_status_row(name, spec, options))  # weights that come from elsewhere (e.g. a wheel)
         for source in encoder_sources(spec):
             path = locate_source(source, _dirs_for(source, options))
             rows.append({"encoder": name, "aliases": ENCODERS.aliases_of(name), "file": Path(source.filename).name,
@@ -32,6 +34,14 @@ def weights_rows(weights_dir: str | Path | None = None) -> list[dict[str, Any]]:
                          "sha256": sha256_file(path) if path else None, "expected_sha256": source.sha256,
                          "url": source.url, "where": source.where_to_get(), "licence": spec.licence})
     return rows
+
+
+def _status_row(name: str, spec: EncoderSpec, options: LoadOptions) -> dict[str, Any]:
+    status = spec.status(options)
+    path = Path(status.path) if status.present and status.path and Path(status.path).is_file() else None
+    return {"encoder": name, "aliases": ENCODERS.aliases_of(name), "file": path.name if path else status.detail,
+            "format": None, "path": str(path) if path else None, "sha256": sha256_file(path) if path else None,
+            "expected_sha256": None, "url": None, "where": status.how_to_get or spec.description, "licence": spec.licence}
 
 
 @dataclass

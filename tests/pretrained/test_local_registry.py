@@ -113,3 +113,33 @@ def test_bad_names_and_broken_registry(local_cache, r18):
     register_saved_local_encoders()  # must not raise: reported like a broken plugin
     assert "local registry" in ENCODERS.plugin_errors
     del ENCODERS.plugin_errors["local registry"]
+
+
+def test_any_zoo_architecture_via_its_random_twin_with_pool_parameters(local_cache):
+    """The in-domain SSL trainer's layout: ``encoder.state_dict()`` (``trunk.*`` + ``pool.*``) of a
+    zoo architecture that is neither torchvision nor timm (here a test CNN with a LayerNorm pool)."""
+    from benchmark.testing import TinyConvTrunk
+    from pretrained.encoder import Encoder, EncoderSpec, GlobalAvgPool
+
+    def build(options, seed=0):
+        torch.manual_seed(seed)
+        return Encoder("tiny-normed-random", TinyConvTrunk(8), nn.Sequential(GlobalAvgPool(), nn.LayerNorm(8)), 8,
+                       Preprocessing(input_size=32, resize_size=32), {"weights_sha256": "x"})
+    ENCODERS.add("tiny-normed-random", EncoderSpec("tiny-normed-random", "tiny-normed", 8, build, kind="random"),
+                 origin="test")
+    trained = build(None, seed=7)
+    with torch.no_grad():
+        trained.pool[1].weight.uniform_(0.5, 1.5)
+    path = local_cache / "encoder.pt"
+    torch.save({"format": 1, "architecture": "tiny-normed", "state_dict": trained.state_dict()}, path)
+    spec = register_local_encoder("tiny-normed-derm", "tiny-normed", path, "trunk.",
+                                  trained.preprocessing.to_dict(), {"pretraining": {"method": "simclr"}},
+                                  kind="in-domain", feature_dim=8)
+    encoder = spec.build(LoadOptions()).eval()
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(encoder(x), trained.eval()(x), atol=1e-6)
+    assert encoder.name == "tiny-normed-derm" and encoder.provenance["pretraining"] == {"method": "simclr"}
+    path.write_bytes(path.read_bytes() + b"\0")  # the file changed after registration
+    with pytest.raises(CheckpointError, match="changed since it was registered"):
+        spec.build(LoadOptions())
