@@ -11,7 +11,8 @@ from typing import Any, Callable
 import click
 
 DEFAULT_RESULTS = Path("results")
-EVALUATOR_COMMANDS = ("linear", "knn", "fewshot", "kshot-linear", "finetune")
+EVALUATOR_COMMANDS = ("linear", "knn", "fewshot", "kshot-linear", "finetune", "invariance", "multiview-invariance",
+                      "saliency", "dip")
 MAIN_JOB_IMAGE_SIZE = 128
 
 
@@ -565,6 +566,54 @@ for _name in EVALUATOR_COMMANDS:
 def evaluate(evaluator: str, **kwargs) -> None:
     """Run any registered evaluator (plugins included) by name."""
     run_evaluator_command(evaluator, **kwargs)
+
+
+@cli.command()
+@click.argument("protocol", type=click.Choice(["medmnist-v2"]))
+@click.option("--dataset", "-d", required=True, help="MedMNIST dataset, e.g. medmnist:breastmnist.")
+@click.option("--root", type=click.Path(path_type=Path), default=None, help="Folder (or .npz file) with the MedMNIST data.")
+@click.option("--seeds", type=click.IntRange(1), default=3, show_default=True, help="Train seeds 0..N-1.")
+@click.option("--arch", type=click.Choice(["resnet18", "resnet50"]), default="resnet18", show_default=True)
+@click.option("--size", type=click.Choice(["28", "224"]), default="28", show_default=True,
+              help="28: small-input ResNet; 224: images resized up (nearest), torchvision ResNet.")
+@click.option("--epochs", type=click.IntRange(1), default=None, help="Fewer epochs than the paper's 100 (smoke runs).")
+@click.option("--init-model", default=None, help="Train this encoder + linear head instead of the random-init ResNet.")
+@click.option("--dataset-option", multiple=True, help="Dataset option KEY=VALUE.")
+@common_run_options
+def reproduce(protocol: str, dataset: str, root: Path | None, seeds: int, arch: str, size: str, epochs: int | None,
+              init_model: str | None, dataset_option: tuple[str, ...], **common) -> None:
+    """Run a published protocol and print our results (mean ± sd, each seed) next to the published ones.
+
+    "In mean±2sd": the published value lies within our mean ± 2 sd over seeds (ddof=1).
+    "|diff|<=tol": our mean is within 0.03 of the published value (the acceptance bound).
+    """
+    _setup_logging(common.pop("verbose"))
+    common.pop("checkpoint"), common.pop("key_prefix")
+    import json
+    from benchmark.records import ResultRecord
+    from benchmark.reproduce import format_comparison, medmnist_v2_comparison
+    from benchmark.runner import Cell, Runner
+    from datasets.registry import DATASETS
+    overrides = {"seeds": seeds, "size": int(size), **({"epochs": epochs} if epochs else {}),
+                 **({"init": "encoder"} if init_model else {})}
+    variant = f"size{size}-seeds{seeds}" + (f"-epochs{epochs}" if epochs else "")
+
+    def action():
+        dataset_name = DATASETS.resolve(dataset)
+        settings = _settings(roots={dataset_name: root} if root else {},
+                             dataset_options={dataset_name: _parse_pairs(dataset_option, "--dataset-option")}, **common)
+        outcome = Runner(settings).run(Cell(init_model or f"{arch}-random", dataset_name, protocol,
+                                            overrides=overrides, variant=variant))
+        record = outcome.record or ResultRecord.from_json(json.loads(outcome.path.read_text()))
+        return outcome, record
+    outcome, record = _run_user_action(action)
+    _print_outcome(outcome)
+    click.echo(f"{protocol}: {record.identity.encoder} on {record.identity.dataset} ({record.protocol['resolved']['model']}), "
+               f"seeds {record.protocol['resolved']['seeds']}, best epochs {record.protocol['resolved']['best_epochs']}")
+    if init_model:
+        click.echo(f"note: the published rows are the paper's from-scratch {arch} at {size} px, shown for contrast")
+    click.echo(format_comparison(medmnist_v2_comparison(record, arch, int(size))))
+    click.echo(f"record: {outcome.path}", err=True)
 
 
 @cli.command()

@@ -133,7 +133,7 @@ class Runner:
             "options": options,
             "resolved": output.resolved,
             "dataset": {"name": dataset.name, "manifest_sha256": dataset.manifest_hash(), "task": dataset.task,
-                        "classes": dataset.classes},
+                        "classes": dataset.classes, "info": _scalar_items(dataset.info)},
             "splits": {"source": "official" if splits.source == "official" else "generated-or-file",
                        "sha256": splits.sha256, "seed": self.settings.seed,
                        "sizes": {s: int(len(splits.indices(s))) for s in ("train", "val", "test")}},
@@ -159,6 +159,11 @@ class Runner:
         if distributed.is_main_process():  # under torchrun only rank 0 writes
             write_record(record, self.settings.results_dir)
         return CellOutcome(cell, "done", path, record)
+
+
+def _scalar_items(info: dict) -> dict:
+    """The JSON-scalar facts of ``dataset.info`` (md5 status, low-data settings, dropped counts...)."""
+    return {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool)) or v is None}
 
 
 def shard_cells(cells: list[Cell], shard: tuple[int, int] | None) -> list[Cell]:
