@@ -140,7 +140,9 @@ class EvalBatches:
 
 
 def _forward(model: nn.Module, x: torch.Tensor, device: torch.device, amp: bool) -> torch.Tensor:
-    x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    x = x.to(device, non_blocking=True)
+    if x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
     dtype = autocast_dtype(device) if amp else None
     with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
         return model(x).float()

@@ -195,7 +195,7 @@ class Trainer:
             self.model.train()
             images = images.to(device, non_blocking=True)
             targets = targets.to(device, non_blocking=True)
-            if images.dim() == 4:
+            if images.dim() == 4:  # image batches only (a head-only model may take vectors)
                 images = images.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 logits = network(images)

@@ -13,6 +13,7 @@ import torchvision
 
 from pretrained.architectures import state_fingerprint, torchvision_backbone
 from pretrained.checkpoints import locate, require, sha256_file, torch_hub_checkpoint_dir, weight_search_dirs
+from pretrained.formats import fix_legacy_densenet_keys
 from pretrained.encoder import Encoder, EncoderSpec, LoadOptions, WeightsStatus
 from pretrained.preprocessing import Preprocessing
 from pretrained.registry import ENCODERS
@@ -68,7 +69,7 @@ def imagenet_encoder(arch: str, name: str, options: LoadOptions) -> Encoder:
     head = "fc." if arch.startswith("resnet") else "classifier."
     state = {key: value for key, value in state.items() if not key.startswith(head)}
     if arch.startswith("densenet"):
-        state = _fix_legacy_densenet_keys(state)
+        state = fix_legacy_densenet_keys(state)
     trunk, pool, dim = torchvision_backbone(arch)
     trunk.load_state_dict(state, strict=True)
     return Encoder(name, trunk, pool, dim, IMAGENET_PREPROCESSING,
@@ -84,17 +85,6 @@ def imagenet_source(arch: str) -> WeightsSource:
     match = re.search(r"-([0-9a-f]{8,})\.", filename)
     return WeightsSource(filename, "torchvision", url, sha256=match.group(1) if match else None,
                          how_to_get=f"or let torchvision cache it in {torch_hub_checkpoint_dir()}", url_verified=True)
-
-
-def _fix_legacy_densenet_keys(state: dict) -> dict:
-    """Old DenseNet files name ``norm.1``/``conv.2``; torchvision's own loader renames them."""
-    import re
-    pattern = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
-    fixed = {}
-    for key, value in state.items():
-        match = pattern.match(key)
-        fixed[match.group(1) + match.group(2) if match else key] = value
-    return fixed
 
 
 for _arch, _dim in FEATURE_DIMS.items():
