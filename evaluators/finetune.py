@@ -184,6 +184,8 @@ def make_validator(batches: EvalBatches, labels: np.ndarray, n_classes: int, dev
 
     def validate(model: nn.Module) -> Validation:
         logits = predict_logits(model, batches, n_classes, device, amp).double()
+        if not torch.isfinite(logits).all():  # a diverged model: never an improvement
+            return Validation(math.inf, {name: math.nan for name in METRIC_NAMES})
         loss = float(F.cross_entropy(logits, targets))
         metrics = classification_metrics(labels, torch.softmax(logits, dim=1).numpy(), n_classes)
         return Validation(loss, metrics)
@@ -282,12 +284,17 @@ def run_finetune(context: EvalContext, options: dict) -> EvalOutput:
                     "best_step": result.best_step, "best_score": result.best_score, "steps_run": result.steps_run,
                     "stopped_early": result.stopped_early, "history": result.history,
                     "train_seconds": result.train_seconds, "eval_seconds": result.eval_seconds,
-                    "images_per_second": result.images_per_second, "resumed_from": result.resumed_from}
+                    "images_per_second": result.images_per_second, "resumed_from": result.resumed_from,
+                    "diverged": result.diverged}
             if distributed.is_main_process():
                 write_json_atomic(run_dir / "result.json", done)
         runs.append(done)
-        if best_index is None or done["best_score"] > runs[best_index]["best_score"]:  # ties: the first run
+        usable = done["best_step"] > 0  # a run that diverged before any validation has no weights
+        if usable and (best_index is None or done["best_score"] > runs[best_index]["best_score"]):  # ties: first
             best_index, best_weights = index, weights
+    if best_index is None:
+        raise ValueError(f"finetune: every setting of the grid {grid} diverged before its first validation; "
+                         f"lower the learning rate (-o lrs=[...])")
     chosen = runs[best_index]
     weights = _selected_weights(artifacts, best_index, chosen, best_weights, fingerprint)
     model = FineTuneModel(context.fresh_encoder(), n_classes, seed=0)
@@ -328,7 +335,8 @@ def run_finetune(context: EvalContext, options: dict) -> EvalOutput:
         extra={"selected": {"run": best_index, "lr": chosen["lr"], "wd": chosen["wd"], "best_step": chosen["best_step"],
                             f"val_{monitor}": -chosen["best_score"] if monitor == "loss" else chosen["best_score"],
                             "steps_run": chosen["steps_run"], "stopped_early": chosen["stopped_early"]},
-               "runs": [{k: r[k] for k in ("lr", "wd", "best_step", "best_score", "steps_run", "stopped_early")} for r in runs],
+               "runs": [{**{k: r.get(k) for k in ("lr", "wd", "best_step", "steps_run", "stopped_early", "diverged")},
+                         "best_score": r["best_score"] if math.isfinite(r["best_score"]) else None} for r in runs],
                "history": chosen["history"], "world_size": distributed.world_size(), "amp_bf16": amp,
                "train_size": size, "eval_preprocessing": eval_preprocessing.to_dict(),
                "checkpoint": str(artifacts / "best.pt") if options["save_best"] else None,

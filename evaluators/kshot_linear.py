@@ -34,7 +34,7 @@ KSHOT_DEFAULTS = {
     "primary_k": 10,
     "seeds": 5,
     **{key: LINEAR_DEFAULTS[key] for key in ("wd_min_exp", "wd_max_exp", "wd_steps", "selection_metric",
-                                              "standardize", "max_iter")},
+                                              "standardize", "max_iter", "tol")},
 }
 
 
@@ -120,7 +120,7 @@ def _run(context: EvalContext, options: dict) -> EvalOutput:
                                       selection, context.device)
             fit = fit_logistic(torch.as_tensor(transform(support_x), dtype=dtype, device=context.device),
                                torch.as_tensor(support_y, device=context.device), n_classes, best_c,
-                               max_iter=int(options["max_iter"]))
+                               max_iter=int(options["max_iter"]), tol=float(options["tol"]))
             proba = fit.predict_proba(torch.as_tensor(transform(test.x), dtype=dtype, device=context.device))
             scores[k].append(classification_metrics(test.y, proba, n_classes))
             chosen[k].append(best_c)

@@ -103,6 +103,7 @@ class TrainState:
     best_step: int = 0
     bad_validations: int = 0
     stopped_early: bool = False
+    diverged: bool = False  # the training loss became non-finite; the run stopped
     finished: bool = False
     history: list[dict] = field(default_factory=list)
     train_seconds: float = 0.0
@@ -122,6 +123,7 @@ class TrainResult:
     eval_seconds: float
     images_per_second: float
     resumed_from: int
+    diverged: bool = False
 
 
 class Trainer:
@@ -170,7 +172,7 @@ class Trainer:
         return TrainResult(self.state.best_step, self.state.best_score, self.state.step, self.state.stopped_early,
                            self.state.history, self.state.train_seconds, self.state.eval_seconds,
                            images / self.state.train_seconds if self.state.train_seconds > 0 and images else float("nan"),
-                           resumed_from)
+                           resumed_from, self.state.diverged)
 
     # -- the loop -------------------------------------------------------------------------------
     def _train_loop(self, world: int) -> None:
@@ -210,10 +212,12 @@ class Trainer:
             if state.step % config.eval_every == 0 or state.step == config.steps:
                 train_loss = float(self._loss_sum) / self._loss_count  # synchronises
                 state.train_seconds += time.perf_counter() - tick
-                if not math.isfinite(train_loss):
-                    raise FloatingPointError(f"training loss became non-finite before step {state.step} "
-                                             f"(lr {config.lr}); lower the learning rate")
-                self._validate_and_track(train_loss)
+                if math.isfinite(train_loss):
+                    self._validate_and_track(train_loss)
+                else:  # diverged: stop; the best weights so far (if any) stay valid
+                    log.warning("training diverged before step %d (lr %g, non-finite loss); stopping this run",
+                                state.step, config.lr)
+                    state.diverged = state.stopped_early = True
                 self._loss_sum.zero_()
                 self._loss_count = 0
                 tick = time.perf_counter()
@@ -286,6 +290,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
             "trainer": {"best_score": state.best_score, "best_step": state.best_step,
                         "bad_validations": state.bad_validations, "stopped_early": state.stopped_early,
+                        "diverged": state.diverged,
                         "finished": state.finished, "history": json.dumps(state.history),
                         "train_seconds": state.train_seconds, "eval_seconds": state.eval_seconds,
                         "loss_sum": float(self._loss_sum), "loss_count": self._loss_count},
@@ -330,7 +335,8 @@ class Trainer:
         trainer = payload["trainer"]
         self.state = TrainState(step=int(payload["step"]), best_score=float(trainer["best_score"]),
                                 best_step=int(trainer["best_step"]), bad_validations=int(trainer["bad_validations"]),
-                                stopped_early=bool(trainer["stopped_early"]), finished=bool(trainer["finished"]),
+                                stopped_early=bool(trainer["stopped_early"]), diverged=bool(trainer["diverged"]),
+                                finished=bool(trainer["finished"]),
                                 history=json.loads(trainer["history"]), train_seconds=float(trainer["train_seconds"]),
                                 eval_seconds=float(trainer["eval_seconds"]), loss_sum=float(trainer["loss_sum"]),
                                 loss_count=int(trainer["loss_count"]))
@@ -346,8 +352,8 @@ class Trainer:
 
     def _restore_best(self) -> None:
         """Put the best weights into the model (memory copy, else the best checkpoint on disk)."""
-        if self.state.best_step == 0:
-            raise RuntimeError("no validation was run, so there are no best weights")
+        if self.state.best_step == 0:  # diverged before any validation improved: nothing to restore
+            return
         weights = self.best_weights
         if weights is None:
             path = self._best_path(self.state.best_step)

@@ -93,6 +93,16 @@ def test_separable_images_are_learned_and_shuffled_labels_stay_at_chance(tiny_en
     assert abs(output.metrics["auroc"]["value"] - 0.5) < 0.15
 
 
+def test_a_diverging_grid_setting_is_skipped_and_an_all_diverging_grid_fails(tiny_encoder, tmp_path):
+    context = image_context(colour_dataset(n_per_class=20), tiny_encoder, tmp_path / "grid")
+    output = run_finetune(context, dict(TINY, lrs=[1e38, 0.05], wds=[0.0]))
+    assert output.extra["runs"][0]["diverged"] and output.extra["runs"][0]["best_score"] is None
+    assert output.extra["selected"]["run"] == 1
+    with pytest.raises(ValueError, match="diverged"):
+        run_finetune(image_context(colour_dataset(n_per_class=20), tiny_encoder, tmp_path / "bad"),
+                     dict(TINY, lrs=[1e38], wds=[0.0]))
+
+
 def test_test_time_augmentation_averages_seeded_copies(tiny_encoder, tmp_path):
     context = image_context(colour_dataset(n_per_class=20), tiny_encoder, tmp_path / "tta")
     options = dict(TINY, steps=4, eval_every=4, tta_copies=3, rotation=30, hue=0.1)
