@@ -21,7 +21,6 @@ import logging
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -96,7 +95,7 @@ def invert_features(encoder: Encoder, target_image: torch.Tensor, iterations: in
     size = target_image.shape[-1]
     prepare = preprocessing.normalize if normalize_input else (lambda t: t)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.random.default_generator.manual_seed(seed)  # CPU only: leaves CUDA RNG untouched
         net = SkipGenerator(**(generator or {}))
         side = noise_side(size, net.scales)
         noise = torch.rand(1, net.in_channels, side, side) * noise_scale

@@ -67,6 +67,8 @@ def occlusion_map(encoder: Encoder, image: torch.Tensor, window: int, stride: in
         # Every forward pass has the same batch size and carries the clean image as its last row, so
         # f(x) and f(x_occ) see identical arithmetic: windows that change nothing score exactly 0.
         n = batch.shape[0]
+        if n == 1 and torch.equal(batch, x):  # captum's initial evaluation: the distance to itself is 0
+            return torch.zeros(1, device=batch.device)
         features = encoder(torch.cat([batch, x.expand(rows - n, -1, -1, -1)])).float()
         reference = features[-1:]
         scale = torch.linalg.vector_norm(reference, dim=1).clamp_min(1e-12)
