@@ -44,7 +44,7 @@ def fit_and_score(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, v
     cs = 1.0 / wd_grid(options)
     scorer = lambda y, proba: classification_metrics(y, proba, n_classes)[selection_metric]
     path = regularization_path(tensor(train_x), tensor(train_y, torch.int64), tensor(val_x), tensor(val_y, torch.int64),
-                               n_classes, sorted(cs), scorer)
+                               n_classes, sorted(cs), scorer, max_iter=int(options.get("max_iter", 1000)))
     scores = [(c, s) for c, s, _ in path]
     finite = [(c, s) for c, s in scores if np.isfinite(s)]
     if not finite:

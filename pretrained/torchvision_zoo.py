@@ -16,6 +16,7 @@ from pretrained.checkpoints import locate, require, sha256_file, torch_hub_check
 from pretrained.encoder import Encoder, EncoderSpec, LoadOptions, WeightsStatus
 from pretrained.preprocessing import Preprocessing
 from pretrained.registry import ENCODERS
+from pretrained.weights_sources import WeightsSource
 
 # Parity with the seed studies' linear/few-shot protocols: Resize(224, bicubic) + CenterCrop(224), ImageNet stats.
 IMAGENET_PREPROCESSING = Preprocessing(input_size=224, resize_size=224, interpolation="bicubic")
@@ -75,6 +76,16 @@ def imagenet_encoder(arch: str, name: str, options: LoadOptions) -> Encoder:
                     "weights_sha256": sha256_file(path), "licence": TORCHVISION_LICENCE})
 
 
+def imagenet_source(arch: str) -> WeightsSource:
+    """The torchvision weights file as a :class:`WeightsSource` (sha256 prefix from its file name)."""
+    import re
+    url = _imagenet_weights(arch).url
+    filename = url.rsplit("/", 1)[-1]
+    match = re.search(r"-([0-9a-f]{8,})\.", filename)
+    return WeightsSource(filename, "torchvision", url, sha256=match.group(1) if match else None,
+                         how_to_get=f"or let torchvision cache it in {torch_hub_checkpoint_dir()}", url_verified=True)
+
+
 def _fix_legacy_densenet_keys(state: dict) -> dict:
     """Old DenseNet files name ``norm.1``/``conv.2``; torchvision's own loader renames them."""
     import re
@@ -98,4 +109,4 @@ for _arch, _dim in FEATURE_DIMS.items():
         description=f"{_arch}, torchvision ImageNet-1k supervised (IMAGENET1K_V1)",
         licence=TORCHVISION_LICENCE, weights_status=partial(imagenet_status, _arch),
         aliases=("supervised", "baseline") if _arch == "resnet50" else (),
-        default_in_benchmark=True))
+        default_in_benchmark=True, extra={"weights_sources": (imagenet_source(_arch),)}))
