@@ -106,7 +106,7 @@ def class_saliency(encoder: Encoder, head: nn.Linear, images: torch.Tensor, targ
         images: normalised inputs [N, 3, H, W] (on the encoder's device); targets: int [N].
         method: "integrated-gradients" (baseline 0 in normalised space, ``ig_steps`` Riemann steps,
             map = |sum over channels|) or "grad-cam" (on the encoder's last spatial map,
-            ``encoder.feature_map``; ReLU; bilinearly upsampled to H x W).
+            the output of ``encoder.trunk``; ReLU; bilinearly upsampled to H x W; CNN trunks only).
     Returns:
         [N, H, W] float32 (CPU), non-negative.
     """
@@ -121,10 +121,11 @@ def class_saliency(encoder: Encoder, head: nn.Linear, images: torch.Tensor, targ
                                 internal_batch_size=internal_batch_size)
             maps = maps.sum(dim=1).abs()
         elif method == "grad-cam":
-            spatial = encoder.feature_map(images[:1].detach())
-            if spatial.dim() != 4:
-                raise ValueError(f"grad-cam needs a spatial feature map [N, C, h, w]; encoder '{encoder.name}' "
-                                 f"gives shape {tuple(spatial.shape)}")
+            with torch.no_grad():
+                spatial = encoder.trunk(images[:1].detach())
+            if spatial.dim() != 4:  # e.g. ViT trunks return tokens
+                raise ValueError(f"grad-cam needs a trunk that outputs a spatial map [N, C, h, w]; encoder "
+                                 f"'{encoder.name}' gives shape {tuple(spatial.shape)}; use integrated-gradients")
             cam = attr.LayerGradCam(model, encoder.trunk)
             maps = cam.attribute(x, target=targets, relu_attributions=True)
             maps = attr.LayerAttribution.interpolate(maps, tuple(images.shape[-2:]), "bilinear")[:, 0]
