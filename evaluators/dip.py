@@ -21,7 +21,6 @@ import logging
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -96,7 +95,7 @@ def invert_features(encoder: Encoder, target_image: torch.Tensor, iterations: in
     size = target_image.shape[-1]
     prepare = preprocessing.normalize if normalize_input else (lambda t: t)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.random.default_generator.manual_seed(seed)  # CPU only: leaves CUDA RNG untouched
         net = SkipGenerator(**(generator or {}))
         side = noise_side(size, net.scales)
         noise = torch.rand(1, net.in_channels, side, side) * noise_scale
@@ -162,16 +161,16 @@ def run_dip(context: EvalContext, options: dict) -> EvalOutput:
         metrics["lpips_average"] = mean_metric(torch.stack(list(lpips_values.values())).mean(0).numpy())
     ids = context.dataset.ids[rows].tolist()
     extra = {"detail_metrics": list(metrics), "loss_curves": {i: inv.curve for i, inv in zip(ids, inversions)},
-             "notes": list(scorer.notes.values())}
+             "notes": list(scorer.notes.values()),
+             "lpips": {n: ("available" if f"lpips_{n}" in metrics else scorer.notes.get(n, "")) for n in options["lpips_nets"]},
+             "encoder_facts": {"input_size": int(a.shape[-1]), "noise_side": noise_side(int(a.shape[-1]), scales),
+                               "preprocessing": preprocessing.to_dict(),
+                               "feature_map_shape": _feature_shape(encoder, a[:1].to(device))}}
     if options["save_images"]:
         extra["figures"] = _save_images(context, ids, a, b)
     return EvalOutput(
         metrics=metrics, primary_metric="ssim",
-        resolved={"n_images": int(len(rows)), "image_ids": ids, "iterations": iterations,
-                  "input_size": int(a.shape[-1]), "noise_side": noise_side(int(a.shape[-1]), scales),
-                  "generator": generator, "preprocessing": preprocessing.to_dict(),
-                  "feature_map_shape": _feature_shape(encoder, a[:1].to(device)),
-                  "lpips": {n: ("available" if f"lpips_{n}" in metrics else scorer.notes.get(n, "")) for n in options["lpips_nets"]},
+        resolved={"n_images": int(len(rows)), "image_ids": ids, "iterations": iterations, "generator": generator,
                   "ci": "95% Student-t over images"},
         extra=extra,
         cost={"images_per_second": len(rows) / max(seconds, 1e-9), "seconds": seconds,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import math
 from pathlib import Path
 
 import torch
@@ -111,6 +110,3 @@ class LPIPSScorer:
         a, b = a.to(self.device) * 2 - 1, b.to(self.device) * 2 - 1
         return {net: model(a, b).flatten().double().cpu() for net, model in self.models.items()}
 
-
-def finite_or_nan(value: float) -> float:
-    return value if math.isfinite(value) else float("nan")

@@ -106,6 +106,8 @@ def _short(param) -> str:
 
 
 def run_invariance_probe(context: EvalContext, options: dict) -> EvalOutput:
+    """The ``invariance`` probe; ``resolved`` holds only encoder-independent protocol facts (it enters
+    the protocol hash, so encoders stay comparable); encoder facts go to ``extra["encoder_facts"]``."""
     encoder = context.encoder()
     names = list(options["transforms"])
     grids = build_grids(names, options["k"], options["interpolation"], int(options["elastic_seed"]))
@@ -134,15 +136,16 @@ def run_invariance_probe(context: EvalContext, options: dict) -> EvalOutput:
                              "distance": scores.per_parameter("distance"), "identity": list(grid.identity)}
     metrics["mean_similarity"] = mean_metric(np.mean(similarity_by_transform, axis=0), n_transforms=len(grids))
     metrics["mean_distance"] = mean_metric(np.mean(distance_by_transform, axis=0), n_transforms=len(grids))
-    extra = {"detail_metrics": names, "curves": curves}
+    extra = {"detail_metrics": names, "curves": curves,
+             "encoder_facts": {"whitening": whitening.describe(), "geometry": geometry.preprocessing.to_dict()}}
     if options["figures"]:
         extra["figures"] = [_example_figure(context, grids, geometry, rows[0])]
     seconds = run.seconds
     return EvalOutput(
         metrics=metrics, primary_metric="mean_similarity",
         resolved={"grids": {g.name: g.describe() for g in grids}, "n_images": int(len(rows)),
-                  "image_ids": context.dataset.ids[rows].tolist(), "whitening": whitening.describe(),
-                  "stats_split": options["stats_split"], "geometry": geometry.preprocessing.to_dict(),
+                  "image_ids": context.dataset.ids[rows].tolist(), "stats_split": options["stats_split"],
+                  "statistics": "Ledoit-Wolf mean/covariance of the dataset features",
                   "n_views": run.n_views, "ci": "95% Student-t over images",
                   "averaging": "per image: mean over non-identity parameters; then mean over images"},
         extra=extra,
@@ -181,10 +184,10 @@ def run_multiview(context: EvalContext, options: dict) -> EvalOutput:
     seconds = time.perf_counter() - start
     return EvalOutput(
         metrics=metrics, primary_metric="multiview_similarity",
-        resolved={"n_pairs": int(len(pairs)), "whitening": whitening.describe(),
+        resolved={"n_pairs": int(len(pairs)),
                   "pairs": "one seeded pair of different images per group" + (", same label" if options["same_label_only"] else ""),
                   "reference": "as many random pairs of images from different groups", "ci": "95% Student-t over pairs"},
-        extra={"detail_metrics": list(metrics)},
+        extra={"detail_metrics": list(metrics), "encoder_facts": {"whitening": whitening.describe()}},
         cost={**context.feature_cost(), "seconds": seconds})
 
 

@@ -6,7 +6,6 @@ import logging
 from typing import Iterator
 
 import numpy as np
-import torch
 
 from benchmark.device import default_workers
 from datasets.base import DatasetError
@@ -63,6 +62,3 @@ def loader_workers(context: EvalContext, n_items: int, min_items_per_worker: int
     workers = default_workers() if workers is None else workers
     return 0 if n_items < min_items_per_worker * 2 else min(workers, n_items // min_items_per_worker)
 
-
-def probe_generator(seed: int, device: torch.device | None = None) -> torch.Generator:
-    return torch.Generator(device=device or "cpu").manual_seed(int(seed))

@@ -175,13 +175,14 @@ def run_saliency(context: EvalContext, options: dict) -> EvalOutput:
     return EvalOutput(
         metrics=metrics, primary_metric="attentive_diffusion",
         resolved={"n_images": int(len(rows)), "image_ids": context.dataset.ids[rows].tolist(),
-                  "occlusion_input_size": size + 2 * margin, "map_size": size, "windows_per_image": n_windows,
-                  "n_images_with_lesion_box": n_boxes, "head": head_info,
+                  "n_images_with_lesion_box": n_boxes, "head": head_info.get("source"),
                   "class_target": "the image's label" if methods else None,
                   "attentive_diffusion": "100 x share of map pixels above the map's mean (percent)",
                   "ci": "95% Student-t over images"},
         extra={"detail_metrics": list(metrics), "figures": figures,
-               "per_image_attentive_diffusion": {k: v.tolist() for k, v in diffusion.items()}},
+               "per_image_attentive_diffusion": {k: v.tolist() for k, v in diffusion.items()},
+               "encoder_facts": {"occlusion_input_size": size + 2 * margin, "map_size": size,
+                                 "windows_per_image": n_windows, "head": head_info}},
         cost={"images_per_second": len(rows) * (n_windows + 1) / max(seconds, 1e-9), "seconds": seconds,
               "maps_per_second": len(rows) / max(seconds, 1e-9)})
 

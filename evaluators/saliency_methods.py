@@ -67,6 +67,8 @@ def occlusion_map(encoder: Encoder, image: torch.Tensor, window: int, stride: in
         # Every forward pass has the same batch size and carries the clean image as its last row, so
         # f(x) and f(x_occ) see identical arithmetic: windows that change nothing score exactly 0.
         n = batch.shape[0]
+        if n == 1 and torch.equal(batch, x):  # captum's initial evaluation: the distance to itself is 0
+            return torch.zeros(1, device=batch.device)
         features = encoder(torch.cat([batch, x.expand(rows - n, -1, -1, -1)])).float()
         reference = features[-1:]
         scale = torch.linalg.vector_norm(reference, dim=1).clamp_min(1e-12)
@@ -104,7 +106,7 @@ def class_saliency(encoder: Encoder, head: nn.Linear, images: torch.Tensor, targ
         images: normalised inputs [N, 3, H, W] (on the encoder's device); targets: int [N].
         method: "integrated-gradients" (baseline 0 in normalised space, ``ig_steps`` Riemann steps,
             map = |sum over channels|) or "grad-cam" (on the encoder's last spatial map,
-            ``encoder.feature_map``; ReLU; bilinearly upsampled to H x W).
+            the output of ``encoder.trunk``; ReLU; bilinearly upsampled to H x W; CNN trunks only).
     Returns:
         [N, H, W] float32 (CPU), non-negative.
     """
@@ -119,10 +121,11 @@ def class_saliency(encoder: Encoder, head: nn.Linear, images: torch.Tensor, targ
                                 internal_batch_size=internal_batch_size)
             maps = maps.sum(dim=1).abs()
         elif method == "grad-cam":
-            spatial = encoder.feature_map(images[:1].detach())
-            if spatial.dim() != 4:
-                raise ValueError(f"grad-cam needs a spatial feature map [N, C, h, w]; encoder '{encoder.name}' "
-                                 f"gives shape {tuple(spatial.shape)}")
+            with torch.no_grad():
+                spatial = encoder.trunk(images[:1].detach())
+            if spatial.dim() != 4:  # e.g. ViT trunks return tokens
+                raise ValueError(f"grad-cam needs a trunk that outputs a spatial map [N, C, h, w]; encoder "
+                                 f"'{encoder.name}' gives shape {tuple(spatial.shape)}; use integrated-gradients")
             cam = attr.LayerGradCam(model, encoder.trunk)
             maps = cam.attribute(x, target=targets, relu_attributions=True)
             maps = attr.LayerAttribution.interpolate(maps, tuple(images.shape[-2:]), "bilinear")[:, 0]

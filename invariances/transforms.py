@@ -175,7 +175,7 @@ def elastic_displacement(alpha: float, sigma: float, seed: int, height: int, wid
     ref_h = max(2, round(height * REFERENCE_SIZE / size))
     ref_w = max(2, round(width * REFERENCE_SIZE / size))
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.random.default_generator.manual_seed(seed)  # CPU only: leaves CUDA RNG untouched
         field = torchvision.transforms.ElasticTransform.get_params([alpha, alpha], [sigma, sigma], [ref_h, ref_w])
     if (ref_h, ref_w) != (height, width):
         field = F.interpolate(field.permute(0, 3, 1, 2), size=(height, width), mode="bilinear",

@@ -107,7 +107,8 @@ def test_dip_evaluator(results_dir, tiny_encoder, dip_dataset):
     assert metrics["psnr"]["n"] == 2
     assert metrics["feature_loss"]["value"] < metrics["feature_loss_initial"]["value"]
     resolved = record["protocol"]["resolved"]
-    assert resolved["iterations"] == 12 and resolved["noise_side"] == 32 and resolved["feature_map_shape"] == [16, 8, 8]
+    facts = record["extra"]["encoder_facts"]
+    assert resolved["iterations"] == 12 and facts["noise_side"] == 32 and facts["feature_map_shape"] == [16, 8, 8]
     if lpips_unavailable_reason("alex") is not None:
         assert "lpips_alex" not in metrics
         assert any(note.startswith("lpips_alex: unavailable (") for note in record["extra"]["notes"])

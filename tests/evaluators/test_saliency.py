@@ -156,12 +156,36 @@ def test_saliency_evaluator_with_boxes_and_class_maps(results_dir, tiny_encoder,
         assert name in metrics
     # the box is the top-left quarter of the image; with margin 7 the map is the centre 32 of a 46 px input
     resolved = record["protocol"]["resolved"]
-    assert resolved["occlusion_input_size"] == 32 + 2 * 7 and resolved["map_size"] == 32
+    facts = record["extra"]["encoder_facts"]
+    assert facts["occlusion_input_size"] == 32 + 2 * 7 and facts["map_size"] == 32
     area = (23 - 7) ** 2 / 32 ** 2
     assert metrics["lesion_area_share"]["value"] == pytest.approx(area)
-    assert resolved["head"]["source"] == "linear probe on train features"
+    assert resolved["head"] == "linear probe on train features" and facts["head"]["C"] > 0
     grid, maps = record["extra"]["figures"]
     assert open(grid, "rb").read(4) == b"\x89PNG"
     with np.load(maps) as saved:
         assert saved["occlusion"].shape == (3, 32, 32) and saved["integrated_gradients"].shape == (3, 32, 32)
         assert list(saved["image_ids"]) == resolved["image_ids"]
+
+
+class _Tokens(nn.Module):
+    def __init__(self, trunk: nn.Module):
+        super().__init__()
+        self.inner = trunk
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x).flatten(2).transpose(1, 2)  # [N, tokens, C], as a ViT trunk
+
+
+class _TokenMean(nn.Module):
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens.mean(1)
+
+
+def test_grad_cam_refuses_token_trunks():
+    encoder = make_encoder("plain")
+    encoder.trunk, encoder.pool = _Tokens(encoder.trunk), _TokenMean()
+    head = nn.Linear(16, 2)
+    with pytest.raises(ValueError, match="use integrated-gradients"):
+        class_saliency(encoder, head, _image(32)[None], torch.tensor([0]), "grad-cam")
+    assert class_saliency(encoder, head, _image(32)[None], torch.tensor([0]), "integrated-gradients", ig_steps=4).shape == (1, 32, 32)

@@ -90,7 +90,7 @@ def test_invariance_evaluator_record_and_leaderboard(results_dir, tiny_encoder, 
     resolved = record["protocol"]["resolved"]
     assert resolved["grids"]["rotation"]["identity"] == [True, False, False, False]
     assert len(set(resolved["image_ids"])) == 5  # without replacement
-    assert resolved["whitening"]["n_samples"] == 48
+    assert record["extra"]["encoder_facts"]["whitening"]["n_samples"] == 48
     assert record["extra"]["detail_metrics"] == ["rotation", "hflip", "brightness"]
     figure = record["extra"]["figures"][0]
     assert figure.endswith("transform_examples.png") and str(results_dir / "artifacts" / "invariance") in figure
@@ -107,3 +107,19 @@ def test_multiview_evaluator(results_dir, tiny_encoder, probe_dataset):
     assert record["protocol"]["resolved"]["n_pairs"] == 10
     assert record["metrics"]["multiview_similarity"]["n"] == 10
     assert record["metrics"]["different_group_similarity"]["n"] == 10
+
+
+def test_probe_protocol_hashes_do_not_depend_on_the_encoder(results_dir, tiny_encoder, probe_dataset):
+    """Encoder facts (feature dim, whitening shrinkage, geometry) stay out of the hashed protocol, so
+    two encoders land in one leaderboard column."""
+    from benchmark.testing import tiny_encoder_spec
+    from pretrained.registry import ENCODERS
+    other = tiny_encoder_spec(name="tiny-cnn-8", width=8, seed=1)
+    ENCODERS.add(other.name, other, origin="test")
+    try:
+        options = {"transforms": ["hflip"], "num_images": 3}
+        hashes = {json.loads(run_cell(results_dir, name, "probe-array", "invariance", options).path.read_text())["protocol_hash"]
+                  for name in ("tiny-cnn", "tiny-cnn-8")}
+        assert len(hashes) == 1
+    finally:
+        ENCODERS.remove(other.name)
