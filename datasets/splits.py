@@ -106,7 +106,55 @@ def resolve_splits(dataset: ImageDataset, results_dir: Path, seed: int = 0,
             _write_split_file(dataset, split, path)
             assignment = SplitAssignment(split, f"file:{path}", _sha(split, dataset))
     check_splits(dataset, assignment.split)
+    low_data = dataset.info.get("low_data")
+    if low_data:
+        split = low_data_subset(assignment.split, dataset.labels, dataset.groups, float(low_data["fraction"]),
+                                int(low_data["seed"]))
+        tag = f"low_data(fraction={low_data['fraction']:g},seed={low_data['seed']})"
+        path = Path(results_dir) / "splits" / f"{dataset.name}__{dataset.manifest_hash()[:12]}__{tag}.csv"
+        if not path.is_file():
+            _write_split_file(dataset, split, path)
+        assignment = SplitAssignment(split, f"{assignment.source}+{tag}", _sha(split, dataset))
+        check_splits(dataset, split)
     return assignment
+
+
+def low_data_subset(split: np.ndarray, labels: np.ndarray, groups: np.ndarray, fraction: float,
+                    seed: int) -> np.ndarray:
+    """Keep a seeded, class-stratified, grouped ``fraction`` of the train rows; the rest become ``"unused"``.
+
+    Only train rows are touched (val and test stay whole). Each class keeps
+    ``max(1, round(fraction * n_class))`` images (whole groups, drawn in a seeded order until
+    the class's quota is reached), so the subset has about ``fraction`` of train and every class.
+
+    Args:
+        split: str [N]; labels: int [N]; groups: str [N]; fraction in (0, 1); seed: the recorded seed.
+    Returns:
+        str [N] split names with unselected train rows set to ``"unused"``.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"low-data fraction must be in (0, 1), got {fraction}")
+    out = np.asarray(split, dtype=object).copy()
+    train = np.flatnonzero(out == "train")
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({"row": train, "label": labels[train], "group": np.asarray(groups)[train].astype(str)})
+    group_label = frame.groupby("group", sort=True)["label"].agg(lambda s: s.value_counts().idxmax())
+    keep: list[int] = []
+    for label in sorted(frame["label"].unique()):
+        members = frame[frame["group"].map(group_label) == label]
+        quota = max(1, int(round(fraction * len(members))))
+        rows_by_group = members.groupby("group", sort=True)["row"].apply(list).to_dict()
+        group_ids = np.array(sorted(rows_by_group), dtype=object)
+        taken = 0
+        for group_id in group_ids[rng.permutation(len(group_ids))]:
+            rows = rows_by_group[group_id]
+            keep.extend(rows)
+            taken += len(rows)
+            if taken >= quota:
+                break
+    out[train] = "unused"
+    out[np.array(keep, dtype=np.int64)] = "train"
+    return out
 
 
 def check_splits(dataset: ImageDataset, split: np.ndarray, required: tuple[str, ...] = SPLITS) -> None:

