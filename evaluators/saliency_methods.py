@@ -37,6 +37,10 @@ def captum_attr():
     try:
         import captum.attr
     except ImportError as error:
+        missing = getattr(error, "name", None) or ""
+        if missing and not missing.startswith("captum"):  # captum.attr imports matplotlib, tqdm, packaging
+            raise MissingDependencyError(f"captum is installed but `import captum.attr` failed: {error}; install "
+                                         f"'{missing.split('.')[0]}' (a captum dependency)") from None
         raise MissingDependencyError(
             f"saliency maps need captum ({error}); install it with `pip install captum==0.9.0` "
             f"(or from a wheel on offline machines)") from None

@@ -119,6 +119,19 @@ def test_missing_captum_is_one_clear_error(monkeypatch):
         occlusion_map(make_encoder(), _image(16), 4, 4)
 
 
+def test_missing_captum_dependency_is_named(monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name == "captum.attr":
+            raise ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib")
+        return real_import(name, *args, **kwargs)
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    with pytest.raises(MissingDependencyError, match="install 'matplotlib' \\(a captum dependency\\)"):
+        occlusion_map(make_encoder(), _image(16), 4, 4)
+
+
 def test_load_head_checks_shapes(tmp_path):
     encoder = make_encoder()
     path = tmp_path / "head.pt"

@@ -110,8 +110,7 @@ def test_multiview_evaluator(results_dir, tiny_encoder, probe_dataset):
 
 
 def test_probe_protocol_hashes_do_not_depend_on_the_encoder(results_dir, tiny_encoder, probe_dataset):
-    """Encoder facts (feature dim, whitening shrinkage, geometry) stay out of the hashed protocol, so
-    two encoders land in one leaderboard column."""
+    """Two encoders run under one protocol share a hash (one leaderboard column)."""
     from benchmark.testing import tiny_encoder_spec
     from pretrained.registry import ENCODERS
     other = tiny_encoder_spec(name="tiny-cnn-8", width=8, seed=1)
