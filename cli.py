@@ -27,7 +27,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from datasets.base import DatasetError
     from pretrained.checkpoints import MissingWeightsError
     from pretrained import errors as encoder_errors
-    return (RegistryError, DatasetError, MissingWeightsError, encoder_errors.CheckpointError)
+    from evaluators.saliency_methods import MissingDependencyError
+    return (RegistryError, DatasetError, MissingWeightsError, encoder_errors.CheckpointError, MissingDependencyError)
 
 
 def _run_user_action(action: Callable[[], Any]) -> Any:
