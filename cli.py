@@ -11,7 +11,8 @@ from typing import Any, Callable
 import click
 
 DEFAULT_RESULTS = Path("results")
-EVALUATOR_COMMANDS = ("linear",)
+EVALUATOR_COMMANDS = ("linear", "knn", "fewshot", "kshot-linear", "finetune", "invariance", "multiview-invariance",
+                      "saliency", "dip")
 MAIN_JOB_IMAGE_SIZE = 128
 
 
@@ -26,7 +27,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from datasets.base import DatasetError
     from pretrained.checkpoints import MissingWeightsError
     from pretrained import errors as encoder_errors
-    return (RegistryError, DatasetError, MissingWeightsError, encoder_errors.CheckpointError)
+    from evaluators.saliency_methods import MissingDependencyError
+    return (RegistryError, DatasetError, MissingWeightsError, encoder_errors.CheckpointError, MissingDependencyError)
 
 
 def _run_user_action(action: Callable[[], Any]) -> Any:
@@ -98,6 +100,9 @@ def common_run_options(func: Callable) -> Callable:
                      help="Folder searched first for checkpoints (then $MEDTRANSFER_WEIGHTS, ~/.cache/medtransfer/weights)."),
         click.option("--trust-checkpoint", is_flag=True,
                      help="Allow checkpoint formats that need full unpickling (only for files you trust)."),
+        click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+                     help="Weights file for --model local:ARCH (any torchvision or timm:NAME architecture)."),
+        click.option("--key-prefix", default="", help="Backbone key prefix in --checkpoint, e.g. module.encoder_q."),
         click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True, help="Extraction batch size."),
         click.option("--workers", type=click.IntRange(0), default=None, help="DataLoader workers (default: cores - 1, max 8)."),
         click.option("--image-size", type=click.IntRange(0), default=None,
@@ -121,20 +126,37 @@ def _settings(results_dir: Path, cache_dir: Path | None, no_cache: bool, device:
     from benchmark.runner import RunSettings
     from evaluators.base import ExtractionSettings
     from pretrained.encoder import LoadOptions
+    from benchmark import distributed
     try:
         torch_device = resolve_device(device)
     except (ValueError, RuntimeError) as error:
         raise click.BadParameter(str(error), param_hint="--device") from None
+    torch_device = _run_user_action(lambda: distributed.init_from_env(torch_device))  # under torchrun: join the group
     extraction = ExtractionSettings(device=torch_device, cache_dir=None if no_cache else (cache_dir or default_cache_dir()),
                                     batch_size=batch_size, num_workers=workers, image_size=image_size or None)
     return RunSettings(results_dir=results_dir, extraction=extraction,
                        load_options=LoadOptions(weights_dir=str(weights_dir) if weights_dir else None,
                                                 trust_checkpoint=trust_checkpoint),
                        roots=roots, dataset_options=dataset_options, seed=seed, split_file=split_file,
-                       overwrite=overwrite, progress=_progress_factory())
+                       overwrite=overwrite, progress=_progress_factory() if distributed.is_main_process() else None)
+
+
+def _resolve_local_model(model: str, checkpoint: Path | None, key_prefix: str) -> str:
+    """``local:ARCH`` + --checkpoint -> a registered ad hoc encoder name; other names pass through."""
+    if not model.lower().startswith("local:"):
+        if checkpoint is not None:
+            raise click.UsageError(f"--checkpoint only applies to --model local:ARCH (got --model {model})")
+        return model
+    if checkpoint is None:
+        raise click.UsageError(f"--model {model} needs --checkpoint FILE (and usually --key-prefix)")
+    from pretrained.local_registry import adhoc_local_encoder
+    return adhoc_local_encoder(model.split(":", 1)[1], checkpoint, key_prefix)
 
 
 def _print_outcome(outcome) -> None:
+    from benchmark.distributed import is_main_process
+    if not is_main_process():  # under torchrun only rank 0 reports
+        return
     if outcome.status == "skipped":
         click.echo(f"skipped (record exists, use --overwrite to recompute): {outcome.path}")
         return
@@ -164,11 +186,17 @@ def cli() -> None:
     """
 
 
-@cli.command()
+@cli.group(invoke_without_command=True)
 @click.option("--weights-dir", type=click.Path(path_type=Path), default=None, help="Extra folder searched for checkpoints.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def models(weights_dir: Path | None, as_json: bool) -> None:
-    """List registered encoders: name, architecture, feature dim, weights present or not."""
+@click.pass_context
+def models(ctx: click.Context, weights_dir: Path | None, as_json: bool) -> None:
+    """List registered encoders: name, architecture, feature dim, weights present or not.
+
+    Subcommands `models add` / `models remove` manage local encoders (your own checkpoints).
+    """
+    if ctx.invoked_subcommand is not None:
+        return
     from tabulate import tabulate
     from pretrained.encoder import LoadOptions
     from pretrained.registry import ENCODERS
@@ -186,6 +214,138 @@ def models(weights_dir: Path | None, as_json: bool) -> None:
         click.echo(tabulate(rows, headers="keys", tablefmt="github"))
     for plugin, error in ENCODERS.plugin_errors.items():
         click.echo(f"warning: plugin '{plugin}' failed to load: {error}", err=True)
+
+
+PREPROCESSING_PRESETS = ("default", "imagenet", "unit", "cxr", "histogram")
+
+
+def _preprocessing_preset(preset: str, input_size: int | None):
+    """--preprocessing NAME -> Preprocessing (None = the architecture's default)."""
+    from pretrained.preprocessing import CXR_MEAN, CXR_STD, Preprocessing
+    size = input_size or 224
+    presets = {
+        "imagenet": Preprocessing(input_size=size, resize_size=size),
+        "unit": Preprocessing(input_size=size, resize_size=size, mean=None, std=None),
+        "cxr": Preprocessing(input_size=size, resize_size=size, mean=CXR_MEAN, std=CXR_STD, grayscale=True),
+        "histogram": Preprocessing(input_size=size, resize_size=size, mean=None, std=None, grayscale=True,
+                                   histogram_normalize=True),
+    }
+    if preset == "default":
+        if input_size:
+            raise click.UsageError("--input-size needs an explicit --preprocessing preset")
+        return None
+    return presets[preset]
+
+
+@models.command("add")
+@click.argument("name")
+@click.option("--arch", required=True, help="torchvision name (resnet50, densenet121, efficientnet_b0, ...) or timm:NAME.")
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The weights file (.pth/.pt/.ckpt/.tar/.safetensors).")
+@click.option("--key-prefix", default="", show_default=True, help="Prefix of the backbone keys, e.g. module.encoder_q.")
+@click.option("--preprocessing", type=click.Choice(PREPROCESSING_PRESETS), default="default", show_default=True,
+              help="Input pipeline: default (the architecture's), imagenet (mean/std), unit ([0,1], no mean/std), "
+                   "cxr (grey, CXR mean/std), histogram (grey, histogram equalisation to 0..255).")
+@click.option("--input-size", type=click.IntRange(16), default=None, help="Input resolution (with a preset).")
+@click.option("--kind", type=click.Choice(["user", "in-domain"]), default="user", show_default=True,
+              help="Shown in `cli.py models`.")
+@click.option("--licence", default="", help="Licence of the weights (recorded).")
+@click.option("--description", default="", help="One line shown in `cli.py models`.")
+@click.option("--trust-checkpoint", is_flag=True, help="Allow a file that needs full unpickling (only if you trust it).")
+def models_add(name: str, arch: str, checkpoint: Path, key_prefix: str, preprocessing: str, input_size: int | None,
+               kind: str, licence: str, description: str, trust_checkpoint: bool) -> None:
+    """Register your own checkpoint as encoder NAME (no code; saved in the local registry).
+
+    The file is loaded once now, so a wrong --arch or --key-prefix fails here with the keys that
+    do not fit. Example: python cli.py models add resnet50-mine --arch resnet50
+    --checkpoint ckpt.pth.tar --key-prefix module.encoder_q.
+    """
+    from pretrained.encoder import LoadOptions
+    from pretrained.local_registry import (build_local_encoder, check_new_local_name, local_registry_path,
+                                           register_local_encoder)
+    prep = _preprocessing_preset(preprocessing, input_size)
+
+    def action():
+        existed = check_new_local_name(name)
+        entry = {"arch": arch, "checkpoint": str(checkpoint.resolve()), "key_prefix": key_prefix,
+                 "preprocessing": prep.to_dict() if prep else None}
+        encoder = build_local_encoder(name, entry, LoadOptions(trust_checkpoint=trust_checkpoint))  # fail now
+        registered = register_local_encoder(name, arch, checkpoint, key_prefix, prep, kind=kind, licence=licence,
+                                            description=description)
+        return encoder, registered, existed
+    encoder, registered, existed = _run_user_action(action)
+    click.echo(f"{'updated' if existed else 'added'} local encoder '{registered.name}': {arch}, "
+               f"{registered.feature_dim}-d features, sha256 {encoder.provenance['weights_sha256'][:16]}..., "
+               f"dropped {encoder.provenance['dropped_keys'] or 'nothing'}, ignored {encoder.provenance['ignored_keys']} keys")
+    click.echo(f"saved in {local_registry_path()}; use it with --model {registered.name}")
+
+
+@models.command("remove")
+@click.argument("name")
+def models_remove(name: str) -> None:
+    """Remove local encoder NAME from the local registry (the checkpoint file is kept)."""
+    from pretrained.local_registry import remove_local_encoder
+    _run_user_action(lambda: remove_local_encoder(name))
+    click.echo(f"removed local encoder '{name}'")
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--weights-dir", type=click.Path(path_type=Path), default=None, help="Extra folder searched first.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (full sha256).")
+@click.pass_context
+def weights(ctx: click.Context, weights_dir: Path | None, as_json: bool) -> None:
+    """List every checkpoint file: encoder, file, present or not, sha256, where to get it.
+
+    Folders searched: --weights-dir, $MEDTRANSFER_WEIGHTS, ~/.cache/medtransfer/weights (and the
+    torch hub cache for torchvision weights). `weights download NAME` fetches one.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from tabulate import tabulate
+    from pretrained.weights_listing import weights_rows
+    rows = weights_rows(weights_dir)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = [{"encoder": r["encoder"], "file": r["file"], "present": r["path"] or "no",
+              "sha256": (r["sha256"][:16] + "...") if r["sha256"] else "", "get it from": r["where"]} for r in rows]
+    click.echo(tabulate(table, headers="keys", tablefmt="github"))
+
+
+@weights.command("download")
+@click.argument("name")
+@click.option("--weights-dir", type=click.Path(path_type=Path), default=None,
+              help="Where to put the file (default: first of $MEDTRANSFER_WEIGHTS, ~/.cache/medtransfer/weights).")
+@click.option("--force", is_flag=True, help="Download even if a file for this encoder is already present.")
+def weights_download(name: str, weights_dir: Path | None, force: bool) -> None:
+    """Download the checkpoint of encoder NAME (resumes an interrupted download, checks sha256)."""
+    from pretrained.download import DownloadError, download_file
+    from pretrained.weights_listing import download_plan
+    plan = _run_user_action(lambda: download_plan(name, weights_dir, force))
+    if plan.present is not None:
+        click.echo(f"{plan.encoder}: already present at {plan.present} (use --force to download again)")
+        return
+    click.echo(f"{plan.encoder}: {plan.source.url}\n  -> {plan.dest}", err=True)
+    bar = {"bar": None, "shown": 0}
+
+    def progress(done: int, total: int | None) -> None:
+        if total is None:  # no Content-Length: no bar, the final line gives the size
+            return
+        if bar["bar"] is None:
+            bar["bar"] = click.progressbar(length=total, label=plan.dest.name, file=sys.stderr, show_pos=True)
+            bar["bar"].__enter__()
+        bar["bar"].update(done - bar["shown"])
+        bar["shown"] = done
+    try:
+        result = download_file(plan.source.url, plan.dest, plan.source.sha256, progress=progress)
+    except DownloadError as error:
+        raise click.ClickException(str(error)) from None
+    finally:
+        if bar["bar"] is not None:
+            bar["bar"].__exit__(None, None, None)
+    resumed = f" (resumed at {result.resumed_from} bytes)" if result.resumed_from else ""
+    check = "verified" if result.checksum_verified else "no expected checksum known; record it"
+    click.echo(f"installed {result.path} ({result.size} bytes){resumed}\n  sha256 {result.sha256} ({check})")
 
 
 @cli.command("datasets")
@@ -359,12 +519,15 @@ def run_evaluator_command(evaluator: str, model: str, dataset: str, root: Path |
     from benchmark.runner import Cell, Runner
     from datasets.registry import DATASETS
     overrides = _parse_pairs(option, "--option")
+    checkpoint, key_prefix = common.pop("checkpoint"), common.pop("key_prefix")
 
     def action():
+        model_name = _resolve_local_model(model, checkpoint, key_prefix)
         dataset_name = DATASETS.resolve(dataset)
         settings = _settings(roots={dataset_name: root} if root else {},
                              dataset_options={dataset_name: _parse_pairs(dataset_option, "--dataset-option")}, **common)
-        return Runner(settings).run(Cell(model, dataset_name, evaluator, preset=preset, overrides=overrides, variant=variant))
+        return Runner(settings).run(Cell(model_name, dataset_name, evaluator, preset=preset, overrides=overrides,
+                                         variant=variant))
     _print_outcome(_run_user_action(action))
 
 
@@ -570,6 +733,54 @@ def pretrain_recipe(name: str, results_dir: Path, device: str, verbose: int) -> 
 
 
 @cli.command()
+@click.argument("protocol", type=click.Choice(["medmnist-v2"]))
+@click.option("--dataset", "-d", required=True, help="MedMNIST dataset, e.g. medmnist:breastmnist.")
+@click.option("--root", type=click.Path(path_type=Path), default=None, help="Folder (or .npz file) with the MedMNIST data.")
+@click.option("--seeds", type=click.IntRange(1), default=3, show_default=True, help="Train seeds 0..N-1.")
+@click.option("--arch", type=click.Choice(["resnet18", "resnet50"]), default="resnet18", show_default=True)
+@click.option("--size", type=click.Choice(["28", "224"]), default="28", show_default=True,
+              help="28: small-input ResNet; 224: images resized up (nearest), torchvision ResNet.")
+@click.option("--epochs", type=click.IntRange(1), default=None, help="Fewer epochs than the paper's 100 (smoke runs).")
+@click.option("--init-model", default=None, help="Train this encoder + linear head instead of the random-init ResNet.")
+@click.option("--dataset-option", multiple=True, help="Dataset option KEY=VALUE.")
+@common_run_options
+def reproduce(protocol: str, dataset: str, root: Path | None, seeds: int, arch: str, size: str, epochs: int | None,
+              init_model: str | None, dataset_option: tuple[str, ...], **common) -> None:
+    """Run a published protocol and print our results (mean ± sd, each seed) next to the published ones.
+
+    "In mean±2sd": the published value lies within our mean ± 2 sd over seeds (ddof=1).
+    "|diff|<=tol": our mean is within 0.03 of the published value (the acceptance bound).
+    """
+    _setup_logging(common.pop("verbose"))
+    common.pop("checkpoint"), common.pop("key_prefix")
+    import json
+    from benchmark.records import ResultRecord
+    from benchmark.reproduce import format_comparison, medmnist_v2_comparison
+    from benchmark.runner import Cell, Runner
+    from datasets.registry import DATASETS
+    overrides = {"seeds": seeds, "size": int(size), **({"epochs": epochs} if epochs else {}),
+                 **({"init": "encoder"} if init_model else {})}
+    variant = f"size{size}-seeds{seeds}" + (f"-epochs{epochs}" if epochs else "")
+
+    def action():
+        dataset_name = DATASETS.resolve(dataset)
+        settings = _settings(roots={dataset_name: root} if root else {},
+                             dataset_options={dataset_name: _parse_pairs(dataset_option, "--dataset-option")}, **common)
+        outcome = Runner(settings).run(Cell(init_model or f"{arch}-random", dataset_name, protocol,
+                                            overrides=overrides, variant=variant))
+        record = outcome.record or ResultRecord.from_json(json.loads(outcome.path.read_text()))
+        return outcome, record
+    outcome, record = _run_user_action(action)
+    _print_outcome(outcome)
+    click.echo(f"{protocol}: {record.identity.encoder} on {record.identity.dataset} ({record.protocol['resolved']['model']}), "
+               f"seeds {record.protocol['resolved']['seeds']}, best epochs {record.protocol['resolved']['best_epochs']}")
+    if init_model:
+        click.echo(f"note: the published rows are the paper's from-scratch {arch} at {size} px, shown for contrast")
+    click.echo(format_comparison(medmnist_v2_comparison(record, arch, int(size))))
+    click.echo(f"record: {outcome.path}", err=True)
+
+
+@cli.command()
 @click.option("--results", "results_dir", type=click.Path(path_type=Path), default=DEFAULT_RESULTS, show_default=True,
               help="Results folder to aggregate.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Markdown file (CSV written beside it).")
@@ -601,6 +812,8 @@ def benchmark(models_, datasets_, evaluators_, roots, shard, dry_run, **common) 
     pass --image-size 0 for each encoder's native resolution.
     """
     _setup_logging(common.pop("verbose"))
+    checkpoint, key_prefix = common.pop("checkpoint"), common.pop("key_prefix")
+    models_ = tuple(_run_user_action(lambda: [_resolve_local_model(m, checkpoint, key_prefix) for m in models_]))
     if common["image_size"] is None:
         common["image_size"] = MAIN_JOB_IMAGE_SIZE
     elif common["image_size"] == 0:
@@ -626,7 +839,8 @@ def benchmark(models_, datasets_, evaluators_, roots, shard, dry_run, **common) 
             continue
         click.echo(f"[{number}/{len(cells)}] {identity.evaluator} {identity.encoder} on {identity.dataset}", err=True)
         _print_outcome(_run_user_action(lambda: runner.run(cell)))
-    if not dry_run:
+    from benchmark.distributed import is_main_process
+    if not dry_run and is_main_process():
         markdown, csv, board = write_leaderboard(settings.results_dir)
         click.echo(markdown.read_text())
         click.echo(f"wrote {markdown} and {csv}", err=True)

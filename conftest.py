@@ -9,7 +9,7 @@ import pytest
 _SESSION_TMP = tempfile.mkdtemp(prefix="medtransfer-tests-")
 os.environ["MEDTRANSFER_CACHE"] = os.path.join(_SESSION_TMP, "cache")
 os.environ["MEDTRANSFER_WEIGHTS"] = os.path.join(_SESSION_TMP, "weights")
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # many tiny ops (L-BFGS): one thread avoids spin-waiting
 
 
 @pytest.fixture(scope="session")

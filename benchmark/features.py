@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from benchmark import distributed
 from benchmark.device import autocast_dtype, default_workers
 from datasets.base import DatasetError, ImageDataset, UnreadableImageError
 from pretrained.encoder import Encoder
@@ -110,7 +111,9 @@ def extract_features(encoder: Encoder, dataset: ImageDataset, indices: np.ndarra
     """Pooled features [N, D] of ``dataset`` rows ``indices`` (all rows by default), cached on disk.
 
     Runs the encoder in eval mode under ``inference_mode``; on CUDA with bf16 autocast and
-    channels_last. An unreadable image stops extraction with a message naming the file.
+    channels_last. An unreadable image stops extraction with a message naming the file. Under
+    torchrun the images are sharded over ranks (strided) and gathered on every rank; only rank 0
+    writes the cache.
     """
     indices = np.arange(len(dataset)) if indices is None else np.asarray(indices, dtype=np.int64)
     precision = "bf16-autocast" if autocast_dtype(device) is not None else "fp32"
@@ -120,17 +123,22 @@ def extract_features(encoder: Encoder, dataset: ImageDataset, indices: np.ndarra
     if cache_dir is not None:
         cache_file = Path(cache_dir) / "features" / digest[:2] / f"{digest}.npz"
         cached = _read_cache(cache_file, key)
-        if cached is not None:
+        if distributed.all_agree(cached is not None):  # every rank takes the same path
             x, meta = cached
             meta["cache_hit"] = True
             return _assemble(dataset, indices, x, meta)
     start = time.perf_counter()
-    x = _run_encoder(encoder, dataset, indices, device, batch_size,
-                     default_workers() if num_workers is None else num_workers, progress)
+    workers = default_workers() if num_workers is None else num_workers
+    if distributed.world_size() > 1:
+        local = _run_encoder(encoder, dataset, indices[distributed.strided_positions(len(indices))], device,
+                             batch_size, workers, progress)
+        x = distributed.gather_strided(torch.from_numpy(local), len(indices)).numpy()
+    else:
+        x = _run_encoder(encoder, dataset, indices, device, batch_size, workers, progress)
     seconds = time.perf_counter() - start
     meta = {"seconds": seconds, "images_per_second": len(indices) / max(seconds, 1e-9), "device": str(device),
-            "precision": precision, "cache_key": digest, "cache_hit": False}
-    if cache_file is not None:
+            "precision": precision, "cache_key": digest, "cache_hit": False, "world_size": distributed.world_size()}
+    if cache_file is not None and distributed.is_main_process():
         _write_cache(cache_file, key, x, meta)
     return _assemble(dataset, indices, x, meta)
 

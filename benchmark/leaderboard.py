@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
+from benchmark.references import reference_rows
 from benchmark.records import ResultRecord, load_records
 
 EVALUATOR_ORDER = ["linear", "knn", "fewshot", "kshot-linear", "finetune", "invariance", "multiview-invariance",
@@ -138,6 +139,10 @@ def render_markdown(board: Leaderboard) -> str:
              "rank within the column after '#'. Columns with different protocol hashes are never merged.", ""]
     for title, table in board.tables:
         parts += [f"## {title}", "", tabulate(table, headers="keys", tablefmt="github", showindex=False), ""]
+    references = reference_rows(sorted(board.long["dataset"].unique())) if not board.long.empty else []
+    if references:  # published numbers: listed apart, never ranked or mixed with our runs
+        parts += ["## Published references", "", tabulate(pd.DataFrame(references), headers="keys", tablefmt="github",
+                                                           showindex=False), ""]
     if board.notes:
         parts += ["## Notes", ""] + [f"- {note}" for note in board.notes] + [""]
     return "\n".join(parts)

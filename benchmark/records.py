@@ -58,12 +58,19 @@ class ResultRecord:
             raise ValueError(f"schema version {data.get('schema_version')} is not {SCHEMA_VERSION}")
         data = dict(data)
         data["identity"] = Identity(**data["identity"])
+        data.pop("protocol_hash", None)  # always recomputed from the protocol itself
         return cls(**data)
 
 
 def protocol_hash(protocol: dict) -> str:
-    """Short sha256 of the canonical JSON of a protocol."""
-    text = json.dumps(_jsonable(protocol), sort_keys=True)
+    """Short sha256 of the canonical JSON of a protocol.
+
+    The ``resolved`` part (choices made at run time: the C picked on val, iterations, episodes
+    actually drawn) is recorded but not hashed: it legitimately differs between encoders run
+    under one protocol.
+    """
+    hashed = {key: value for key, value in protocol.items() if key != "resolved"}
+    text = json.dumps(_jsonable(hashed), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

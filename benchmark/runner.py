@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import torch
 
+from benchmark import distributed
 from benchmark.records import Identity, ResultRecord, record_exists, record_path, write_record
 from datasets.base import ImageDataset
 from datasets.registry import DATASETS
@@ -110,7 +111,8 @@ class Runner:
     def run(self, cell: Cell) -> CellOutcome:
         identity = self.identity(cell)
         path = record_path(self.settings.results_dir, identity)
-        if not self.settings.overwrite and record_exists(self.settings.results_dir, identity):
+        # under torchrun every rank must take rank 0's decision, or the collectives would deadlock
+        if not self.settings.overwrite and distributed.broadcast_object(record_exists(self.settings.results_dir, identity)):
             log.info("skipping %s: record exists at %s", identity, path)
             return CellOutcome(cell, "skipped", path)
         spec = EVALUATORS.get(identity.evaluator)
@@ -131,7 +133,7 @@ class Runner:
             "options": options,
             "resolved": output.resolved,
             "dataset": {"name": dataset.name, "manifest_sha256": dataset.manifest_hash(), "task": dataset.task,
-                        "classes": dataset.classes},
+                        "classes": dataset.classes, "info": _scalar_items(dataset.info)},
             "splits": {"source": "official" if splits.source == "official" else "generated-or-file",
                        "sha256": splits.sha256, "seed": self.settings.seed,
                        "sizes": {s: int(len(splits.indices(s))) for s in ("train", "val", "test")}},
@@ -154,8 +156,14 @@ class Runner:
         }
         record = ResultRecord(identity=identity, metrics=output.metrics, primary_metric=output.primary_metric,
                               protocol=protocol, provenance=provenance, subgroups=output.subgroups, extra=output.extra)
-        write_record(record, self.settings.results_dir)
+        if distributed.is_main_process():  # under torchrun only rank 0 writes
+            write_record(record, self.settings.results_dir)
         return CellOutcome(cell, "done", path, record)
+
+
+def _scalar_items(info: dict) -> dict:
+    """The JSON-scalar facts of ``dataset.info`` (md5 status, low-data settings, dropped counts...)."""
+    return {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool)) or v is None}
 
 
 def shard_cells(cells: list[Cell], shard: tuple[int, int] | None) -> list[Cell]:

@@ -90,6 +90,10 @@ class ImageDataset:
     def _load(self, index: int) -> Image.Image:
         raise NotImplementedError
 
+    def lesion_box(self, index: int) -> tuple[float, float, float, float] | None:
+        """Lesion box (x0, y0, x1, y1) in pixel edges of ``load_image(index)`` (x1, y1 exclusive), or None."""
+        return None
+
     def subgroups(self, indices: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Subgroup columns as arrays (restricted to ``indices``)."""
         table = self.table if indices is None else self.table.iloc[indices]

@@ -251,6 +251,17 @@ class AnnotatedFileImageDataset(FileImageDataset):
     def has_boxes(self) -> bool:
         return all(c in self.table.columns for c in self.BOX_COLUMNS)
 
+    def lesion_box(self, index: int) -> tuple[float, float, float, float] | None:
+        """The saliency probe's hook: (x0, y0, x1, y1) in pixels of ``load_image(index)``, or None.
+
+        The CSV values are used as pixel edges as given (HAM10000's ext CSV does not say whether
+        right/bottom are inclusive; the difference is one pixel).
+        """
+        if not self.has_boxes:
+            return None
+        box = self.table.loc[index, list(self.BOX_COLUMNS)].to_numpy(dtype=np.float64)
+        return None if np.isnan(box).any() else tuple(float(v) for v in box)
+
     def boxes(self, indices: np.ndarray | None = None, relative: bool = False) -> np.ndarray:
         """Lesion boxes float [N, 4] as (left, top, right, bottom); NaN rows where a box is unknown.
 

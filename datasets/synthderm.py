@@ -51,9 +51,16 @@ def load_synthderm_arrays(seed: int, n_lesions: int, image_size: int) -> tuple[n
     images, meta = generate_synthderm(seed=seed, n_lesions=n_lesions, image_size=image_size)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, images=images, **{f"meta_{c}": meta[c].to_numpy() for c in meta.columns})
+    columns = {f"meta_{c}": _plain_array(meta[c]) for c in meta.columns}
+    np.savez(tmp, images=images, **columns)
     os.replace(tmp, path)
     return images, meta
+
+
+def _plain_array(column: pd.Series) -> np.ndarray:
+    """A column as a non-object array (strings as unicode) so the cache loads with allow_pickle=False."""
+    array = column.to_numpy()
+    return array.astype(str) if array.dtype == object else array
 
 
 def build_synthderm(root: Path | None, options: dict) -> ArrayImageDataset:

@@ -28,6 +28,7 @@ LINEAR_DEFAULTS = {
     "refit_on": "train+val",  # or "train"
     "standardize": False,  # parity: raw features
     "max_iter": 1000,
+    "tol": 1e-4,  # sklearn's default gradient tolerance
     "n_boot": 1000,
 }
 
@@ -44,7 +45,8 @@ def fit_and_score(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, v
     cs = 1.0 / wd_grid(options)
     scorer = lambda y, proba: classification_metrics(y, proba, n_classes)[selection_metric]
     path = regularization_path(tensor(train_x), tensor(train_y, torch.int64), tensor(val_x), tensor(val_y, torch.int64),
-                               n_classes, sorted(cs), scorer)
+                               n_classes, sorted(cs), scorer, max_iter=int(options.get("max_iter", 1000)),
+                               tol=float(options.get("tol", 1e-4)))
     scores = [(c, s) for c, s, _ in path]
     finite = [(c, s) for c, s in scores if np.isfinite(s)]
     if not finite:
@@ -73,7 +75,7 @@ def run_linear(context: EvalContext, options: dict) -> EvalOutput:
     dtype = torch.float64  # float32 L-BFGS is not precise enough at large C (see linear_solver)
     fit = fit_logistic(torch.as_tensor(refit_x, dtype=dtype, device=context.device),
                        torch.as_tensor(refit_y, dtype=torch.int64, device=context.device), n_classes, best_c,
-                       max_iter=int(options["max_iter"]))
+                       max_iter=int(options["max_iter"]), tol=float(options["tol"]))
     proba = fit.predict_proba(torch.as_tensor(transform(test.x), dtype=dtype, device=context.device))
     metrics = evaluate_with_ci(test.y, proba, n_boot=int(options["n_boot"]), seed=context.seed)
     subgroups = subgroup_metrics(test.y, proba, context.dataset.subgroups(test.indices), seed=context.seed)
@@ -87,6 +89,6 @@ def run_linear(context: EvalContext, options: dict) -> EvalOutput:
 
 EVALUATORS.add("linear", EvaluatorSpec(
     name="linear", run=run_linear, defaults=LINEAR_DEFAULTS,
-    presets={"quick": {"wd_steps": 23, "n_boot": 500}},
+    presets={"quick": {"wd_steps": 23, "max_iter": 300, "n_boot": 500}},
     description="L2 logistic regression on frozen features, C chosen on val (ANTON/ERIC-T parity)",
-    benchmark_preset="default", order=10))
+    benchmark_preset="quick", order=10))

@@ -13,9 +13,11 @@ import torchvision
 
 from pretrained.architectures import state_fingerprint, torchvision_backbone
 from pretrained.checkpoints import locate, require, sha256_file, torch_hub_checkpoint_dir, weight_search_dirs
+from pretrained.formats import fix_legacy_densenet_keys
 from pretrained.encoder import Encoder, EncoderSpec, LoadOptions, WeightsStatus
 from pretrained.preprocessing import Preprocessing
 from pretrained.registry import ENCODERS
+from pretrained.weights_sources import WeightsSource
 
 # Parity with the seed studies' linear/few-shot protocols: Resize(224, bicubic) + CenterCrop(224), ImageNet stats.
 IMAGENET_PREPROCESSING = Preprocessing(input_size=224, resize_size=224, interpolation="bicubic")
@@ -67,7 +69,7 @@ def imagenet_encoder(arch: str, name: str, options: LoadOptions) -> Encoder:
     head = "fc." if arch.startswith("resnet") else "classifier."
     state = {key: value for key, value in state.items() if not key.startswith(head)}
     if arch.startswith("densenet"):
-        state = _fix_legacy_densenet_keys(state)
+        state = fix_legacy_densenet_keys(state)
     trunk, pool, dim = torchvision_backbone(arch)
     trunk.load_state_dict(state, strict=True)
     return Encoder(name, trunk, pool, dim, IMAGENET_PREPROCESSING,
@@ -75,15 +77,14 @@ def imagenet_encoder(arch: str, name: str, options: LoadOptions) -> Encoder:
                     "weights_sha256": sha256_file(path), "licence": TORCHVISION_LICENCE})
 
 
-def _fix_legacy_densenet_keys(state: dict) -> dict:
-    """Old DenseNet files name ``norm.1``/``conv.2``; torchvision's own loader renames them."""
+def imagenet_source(arch: str) -> WeightsSource:
+    """The torchvision weights file as a :class:`WeightsSource` (sha256 prefix from its file name)."""
     import re
-    pattern = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
-    fixed = {}
-    for key, value in state.items():
-        match = pattern.match(key)
-        fixed[match.group(1) + match.group(2) if match else key] = value
-    return fixed
+    url = _imagenet_weights(arch).url
+    filename = url.rsplit("/", 1)[-1]
+    match = re.search(r"-([0-9a-f]{8,})\.", filename)
+    return WeightsSource(filename, "torchvision", url, sha256=match.group(1) if match else None,
+                         how_to_get=f"or let torchvision cache it in {torch_hub_checkpoint_dir()}", url_verified=True)
 
 
 for _arch, _dim in FEATURE_DIMS.items():
@@ -98,4 +99,4 @@ for _arch, _dim in FEATURE_DIMS.items():
         description=f"{_arch}, torchvision ImageNet-1k supervised (IMAGENET1K_V1)",
         licence=TORCHVISION_LICENCE, weights_status=partial(imagenet_status, _arch),
         aliases=("supervised", "baseline") if _arch == "resnet50" else (),
-        default_in_benchmark=True))
+        default_in_benchmark=True, extra={"weights_sources": (imagenet_source(_arch),)}))

@@ -23,7 +23,7 @@ from datasets.registry import DATASETS
 from datasets.splits import resolve_splits
 from pretrained.checkpoints import sha256_file
 from pretrained.encoder import Encoder, LoadOptions
-from pretrained.local_registry import ORIGIN, read_local_registry, register_local_encoder
+from pretrained.local_registry import LOCAL_ORIGIN, load_local_entries, register_local_encoder
 from pretrained.registry import ENCODERS
 from pretrained.ssl import distributed
 from pretrained.ssl.trainer import EpochHook, PretrainConfig, PretrainData, PretrainResult, pretrain
@@ -95,9 +95,9 @@ def check_name_free(name: str, config: PretrainConfig, overwrite: bool = False) 
     if name not in ENCODERS:
         return
     origin = ENCODERS.origin(name)
-    if not origin.startswith(ORIGIN):
+    if origin != LOCAL_ORIGIN:
         raise ValueError(f"encoder name '{name}' is taken by {origin}; choose another --name")
-    existing = read_local_registry().get(name, {}).get("provenance", {}).get("pretraining", {})
+    existing = load_local_entries().get(name, {}).get("provenance", {}).get("pretraining", {})
     if not overwrite and existing.get("config_digest") not in (None, config.digest()):
         raise ValueError(f"encoder '{name}' is already registered with another pretraining configuration; "
                          f"choose another --name, or pass --overwrite to replace it")

@@ -16,7 +16,7 @@ import torch
 
 from pretrained.checkpoints import MissingWeightsError
 from pretrained.encoder import Encoder, EncoderSpec, LoadOptions, WeightsStatus
-from pretrained.local_registry import load_encoder_checkpoint
+from pretrained.local_registry import build_local_encoder
 from pretrained.registry import ENCODERS
 from pretrained.ssl.pipeline import ENCODER_FILE, KEY_PREFIX, SIDECAR_FILE, pretrained_dir, read_sidecar, run_pretraining
 from pretrained.ssl.trainer import EpochHook, PretrainConfig, StaleStateError
@@ -54,9 +54,10 @@ def build_recipe_encoder(name: str, options: LoadOptions) -> Encoder:
         raise MissingWeightsError(f"{name}/{ENCODER_FILE}", [pretrained_dir(name)], f"{status.detail}. {status.how_to_get}")
     sidecar = read_sidecar(pretrained_dir(name)) or {}
     pretraining = {**sidecar["pretraining"], "checkpoint_sha256": sidecar["checkpoint_sha256"]}
-    return load_encoder_checkpoint(name, sidecar["architecture"], status.path, sidecar.get("key_prefix", KEY_PREFIX),
-                                   sidecar["preprocessing"], {"pretraining": pretraining, "recipe": name},
-                                   sidecar["checkpoint_sha256"])
+    entry = {"arch": sidecar["architecture"], "checkpoint": status.path, "checkpoint_sha256": sidecar["checkpoint_sha256"],
+             "key_prefix": sidecar.get("key_prefix", KEY_PREFIX), "preprocessing": sidecar["preprocessing"],
+             "provenance": {"pretraining": pretraining, "recipe": name}, "licence": ENCODERS.get(name).licence}
+    return build_local_encoder(name, entry, options or LoadOptions())
 
 
 def ensure_recipe(name: str, *, results_dir: Path, device: torch.device, num_workers: int = 0,

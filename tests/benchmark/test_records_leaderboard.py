@@ -92,3 +92,20 @@ def test_detail_tables_for_probes(tmp_path):
     write_record(record, tmp_path)
     titles = [title for title, _ in build_leaderboard(tmp_path).tables]
     assert titles == ["invariance", "invariance on synthderm: all metrics"]
+
+
+def test_run_time_choices_do_not_split_a_protocol(tmp_path):
+    write_record(_record("a", 0.5, protocol={"evaluator": "linear", "resolved": {"C": 0.1}}), tmp_path)
+    write_record(_record("b", 0.6, protocol={"evaluator": "linear", "resolved": {"C": 10.0}}), tmp_path)
+    board = build_leaderboard(tmp_path)
+    assert not board.notes
+    assert "synthderm (balanced_accuracy)" in board.tables[0][1].columns
+
+
+def test_stored_hash_is_recomputed_on_load(tmp_path):
+    path = write_record(_record("a", 0.5), tmp_path)
+    data = json.loads(path.read_text())
+    data["protocol_hash"] = "tampered"
+    path.write_text(json.dumps(data))
+    loaded, _ = load_records(tmp_path)
+    assert loaded[0].protocol_hash == protocol_hash(data["protocol"])

@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from pretrained.local_registry import read_local_registry, unregister_local_encoder
+from pretrained.local_registry import load_local_entries, remove_local_encoder
 from pretrained.registry import ENCODERS
 
 TINY = ["--dataset", "synthderm-mini", "--init", "tiny-cnn", "--epochs", "1", "--image-size", "24",
@@ -20,8 +20,8 @@ def registered():
     names = []
     yield names
     for name in names:
-        if name in read_local_registry():
-            unregister_local_encoder(name)
+        if name in load_local_entries():
+            remove_local_encoder(name)
 
 
 def test_pretrain_registers_an_encoder_that_linear_can_use(tiny_encoder, mini_synthderm, results_dir, registered):

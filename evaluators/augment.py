@@ -1,0 +1,104 @@
+"""Image pipelines for fine-tuning: seeded train augmentation, evaluation inputs and test-time copies.
+
+Augmentations act on PIL images (random resized crop, flips, rotation, hue), then the encoder's own
+:class:`~pretrained.preprocessing.Preprocessing` turns the crop into network input (grey handling
+and ``normalize``), so every encoder gets the statistics it was trained with. Randomness comes from
+a per-image seed (see :mod:`evaluators.sampling`), never from worker or process state.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import transforms
+from torchvision.transforms import InterpolationMode
+
+from datasets.base import ImageDataset
+from pretrained.preprocessing import Preprocessing
+
+_INTERPOLATION = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR}
+
+
+def train_augmentation(options: dict, size: int, preprocessing: Preprocessing) -> Callable[[Image.Image], Image.Image]:
+    """PIL -> PIL augmentation at ``size`` x ``size`` from the fine-tune options.
+
+    ``rrc_scale`` [lo, hi]: RandomResizedCrop(size, scale, ratio 3/4..4/3, ``rrc_interpolation``);
+    ``null`` replaces it by the encoder's deterministic resize + centre crop at ``size``. Then
+    ``hflip``/``vflip`` (p 0.5), ``rotation`` (degrees, uniform +-, black fill), ``hue``
+    (ColorJitter hue +-).
+    """
+    steps: list[Callable] = []
+    if options.get("rrc_scale"):
+        scale = options["rrc_scale"]
+        if not (isinstance(scale, (list, tuple)) and len(scale) == 2 and 0 < float(scale[0]) <= float(scale[1]) <= 1):
+            raise ValueError(f"rrc_scale must be [low, high] with 0 < low <= high <= 1 (or null for no crop), got {scale!r}")
+        lo, hi = float(scale[0]), float(scale[1])
+        interpolation = options.get("rrc_interpolation", "bicubic")
+        if interpolation not in _INTERPOLATION:
+            raise ValueError(f"rrc_interpolation must be one of {sorted(_INTERPOLATION)}, got {interpolation!r}")
+        steps.append(transforms.RandomResizedCrop(size, scale=(lo, hi), interpolation=_INTERPOLATION[interpolation]))
+    else:
+        steps.append(preprocessing.with_input_size(size).geometry)
+    if options.get("hflip"):
+        steps.append(transforms.RandomHorizontalFlip())
+    if options.get("vflip"):
+        steps.append(transforms.RandomVerticalFlip())
+    if float(options.get("rotation") or 0):
+        steps.append(transforms.RandomRotation(float(options["rotation"])))
+    if float(options.get("hue") or 0):
+        steps.append(transforms.ColorJitter(hue=float(options["hue"])))
+    return transforms.Compose(steps)
+
+
+def network_input(preprocessing: Preprocessing, size: int) -> Preprocessing:
+    """The encoder's pipeline for an image that is already ``size`` x ``size`` (grey + normalise only)."""
+    return dataclasses.replace(preprocessing, input_size=size, resize_size=None)
+
+
+def seeded(augment: Callable[[Image.Image], Image.Image], image: Image.Image, seed: int) -> Image.Image:
+    """``augment(image)`` with torch's RNG seeded by ``seed`` (the global RNG state is restored)."""
+    generator = torch.random.default_generator  # torchvision's random transforms draw from it
+    saved = generator.get_state()
+    generator.manual_seed(seed)
+    try:
+        return augment(image)
+    finally:
+        generator.set_state(saved)
+
+
+class AugmentedImages(Dataset):
+    """Items ``(row, seed)`` -> (input [3, S, S], label) with a seeded augmentation.
+
+    ``rows`` maps item rows to dataset rows (e.g. the train split's indices).
+    """
+
+    def __init__(self, dataset: ImageDataset, rows: np.ndarray, augment: Callable, preprocessing: Preprocessing, size: int):
+        self.dataset, self.rows, self.augment = dataset, np.asarray(rows), augment
+        self.to_input = network_input(preprocessing, size)
+        self.labels = dataset.labels
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, item: tuple[int, int]):
+        row, seed = item
+        index = int(self.rows[row])
+        image = seeded(self.augment, self.dataset.load_image(index), seed)
+        return self.to_input(image), int(self.labels[index])
+
+
+class EvalImages(Dataset):
+    """Item ``i`` -> network input of dataset row ``rows[i]`` through the evaluation preprocessing."""
+
+    def __init__(self, dataset: ImageDataset, rows: np.ndarray, preprocessing: Preprocessing):
+        self.dataset, self.rows, self.preprocessing = dataset, np.asarray(rows), preprocessing
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, item: int) -> torch.Tensor:
+        return self.preprocessing(self.dataset.load_image(int(self.rows[item])))
