@@ -35,6 +35,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--jitters", type=float, nargs="+", default=[0.5])
     parser.add_argument("--eval-sizes", type=int, nargs="+", default=[128])
     parser.add_argument("--max-runs", type=int, default=None)
+    parser.add_argument("--no-random", action="store_true", help="skip the random-init baseline row")
     parser.add_argument("--tag", default="a", help="name prefix of this sweep's encoders (sweep-TAG-N)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--work", type=Path, default=None, help="cache + results folder (default: a temp folder)")
@@ -63,7 +64,7 @@ def main() -> None:
     base_cost = MAIN_JOB_CONFIG.epochs * MAIN_JOB_CONFIG.image_size ** 2
     runners = {size: Runner(RunSettings(results_dir=results / f"eval{size}", extraction=ExtractionSettings(
         device=device, cache_dir=work / "cache", batch_size=256, num_workers=0, image_size=size),
-        load_options=LoadOptions(), seed=0)) for size in args.eval_sizes}
+        load_options=LoadOptions(), seed=0, overwrite=True)) for size in args.eval_sizes}
 
     def evaluate(encoder: str) -> dict[str, float]:
         scores = {}
@@ -73,9 +74,11 @@ def main() -> None:
                 scores[f"{evaluator}@{size}"] = record.metrics["balanced_accuracy"]["value"]
         return scores
 
-    rows = [{"name": "resnet18-random", "cost": 0.0, "seconds": 0.0, "final_loss": float("nan"),
-             **evaluate("resnet18-random")}]
-    print(rows[0], flush=True)
+    rows = []
+    if not args.no_random:
+        rows.append({"name": "resnet18-random", "cost": 0.0, "seconds": 0.0, "final_loss": float("nan"),
+                     **evaluate("resnet18-random")})
+        print(rows[0], flush=True)
     grid = list(itertools.product(args.sizes, args.epochs, args.batch_sizes, args.lrs, args.temperatures,
                                   args.crop_mins, args.jitters))[:args.max_runs]
     for number, (size, epochs, batch, lr, temperature, crop_min, jitter) in enumerate(grid):
