@@ -14,13 +14,15 @@ log = logging.getLogger(__name__)
 
 
 def default_encoders(options: LoadOptions) -> list[str]:
-    """Encoders flagged for the main job whose weights are present (usable offline)."""
+    """Encoders flagged for the main job whose weights are present (usable offline), plus the built-in
+    pretraining recipes (the main job makes those itself, see :func:`prepare_recipe_encoders`)."""
+    from pretrained.ssl.recipes import RECIPES
     chosen = []
     for name, spec in ENCODERS.items():
         if not spec.default_in_benchmark:
             continue
         status = spec.status(options)
-        if status.present:
+        if status.present or name in RECIPES:
             chosen.append(name)
         else:
             log.info("main job skips %s: %s", name, status.detail)
