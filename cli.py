@@ -760,7 +760,8 @@ def reproduce(protocol: str, dataset: str, root: Path | None, seeds: int, arch: 
     from datasets.registry import DATASETS
     overrides = {"seeds": seeds, "size": int(size), **({"epochs": epochs} if epochs else {}),
                  **({"init": "encoder"} if init_model else {})}
-    variant = f"size{size}-seeds{seeds}" + (f"-epochs{epochs}" if epochs else "")
+    # the encoder-init arm trains another network than the paper's: never the same record name
+    variant = f"size{size}-seeds{seeds}" + (f"-epochs{epochs}" if epochs else "") + ("-init-encoder" if init_model else "")
 
     def action():
         dataset_name = DATASETS.resolve(dataset)

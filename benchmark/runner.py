@@ -111,12 +111,18 @@ class Runner:
     def run(self, cell: Cell) -> CellOutcome:
         identity = self.identity(cell)
         path = record_path(self.settings.results_dir, identity)
-        # under torchrun every rank must take rank 0's decision, or the collectives would deadlock
-        if not self.settings.overwrite and distributed.broadcast_object(record_exists(self.settings.results_dir, identity)):
-            log.info("skipping %s: record exists at %s", identity, path)
-            return CellOutcome(cell, "skipped", path)
         spec = EVALUATORS.get(identity.evaluator)
         options = spec.resolve_options(cell.preset, cell.overrides)
+        # under torchrun every rank must take rank 0's decision, or the collectives would deadlock
+        if not self.settings.overwrite and distributed.broadcast_object(record_exists(self.settings.results_dir, identity)):
+            differing = distributed.broadcast_object(
+                _differing_options(path, options) if distributed.is_main_process() else [])
+            if differing:
+                raise ValueError(f"{path} holds a result of {identity.evaluator} with other options "
+                                 f"({', '.join(differing)}) under the same name; pass --overwrite to replace it, "
+                                 f"or write to another --results folder")
+            log.info("skipping %s: record exists at %s", identity, path)
+            return CellOutcome(cell, "skipped", path)
         dataset = self.dataset(cell.dataset)
         splits = self.splits(cell.dataset)
         encoder_spec = ENCODERS.get(identity.encoder)
@@ -159,6 +165,13 @@ class Runner:
         if distributed.is_main_process():  # under torchrun only rank 0 writes
             write_record(record, self.settings.results_dir)
         return CellOutcome(cell, "done", path, record)
+
+
+def _differing_options(path: Path, options: dict) -> list[str]:
+    """Option names whose value in the record at ``path`` differs from ``options`` (JSON-normalised)."""
+    recorded = json.loads(path.read_text()).get("protocol", {}).get("options", {})
+    current = json.loads(json.dumps(options, default=str))
+    return sorted(key for key in set(recorded) | set(current) if recorded.get(key) != current.get(key))
 
 
 def _scalar_items(info: dict) -> dict:

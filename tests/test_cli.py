@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -60,6 +61,16 @@ def test_linear_writes_record(results_dir, tiny_encoder, mini_synthderm):
     again = invoke("linear", "--model", "tiny-cnn", *MINI, "--results", str(results_dir))
     assert "skipped (record exists" in again.output
     assert list((results_dir / "splits").glob("synthderm-mini__*.csv"))
+
+
+def test_a_record_with_other_options_under_the_same_name_is_refused(results_dir, tiny_encoder, mini_synthderm):
+    from benchmark.runner import Cell, Runner, RunSettings
+    from evaluators.base import ExtractionSettings
+    settings = RunSettings(results_dir=results_dir, extraction=ExtractionSettings(torch.device("cpu"), None))
+    Runner(settings).run(Cell("tiny-cnn", "synthderm-mini", "knn", overrides={"ks": [5], "primary_k": 5}, variant="mine"))
+    assert Runner(settings).run(Cell("tiny-cnn", "synthderm-mini", "knn", overrides={"ks": [5], "primary_k": 5}, variant="mine")).status == "skipped"
+    with pytest.raises(ValueError, match=r"other options \(ks, primary_k\).*--overwrite"):
+        Runner(settings).run(Cell("tiny-cnn", "synthderm-mini", "knn", overrides={"ks": [7], "primary_k": 7}, variant="mine"))
 
 
 def test_unreadable_image_and_malformed_csv(tmp_path, tiny_encoder):

@@ -54,6 +54,24 @@ def test_reproduce_cli_runs_and_compares(tmp_path, monkeypatch):
     assert "## Published references" in board.output and "published" in board.output
 
 
+def test_encoder_init_arm_never_shares_the_papers_record(tmp_path, monkeypatch):
+    """`--init-model resnet18-random` trains a torchvision ResNet + linear head, not the paper's network:
+    its record must not be taken for the paper protocol's (it once was: same name, silently skipped)."""
+    from cli import cli
+    monkeypatch.setenv("MEDTRANSFER_CACHE", str(tmp_path / "cache"))
+    write_breastmnist(tmp_path / "data", sizes=(16, 8, 8))
+    base = ["reproduce", "medmnist-v2", "--dataset", "medmnist:breastmnist", "--root", str(tmp_path / "data"),
+            "--seeds", "1", "--epochs", "1", "--device", "cpu", "--results", str(tmp_path / "results")]
+    encoder_arm = CliRunner().invoke(cli, [*base, "--init-model", "resnet18-random"])
+    assert encoder_arm.exit_code == 0, encoder_arm.output
+    paper_arm = CliRunner().invoke(cli, base)
+    assert paper_arm.exit_code == 0, paper_arm.output
+    assert "skipped" not in paper_arm.output
+    records = sorted(p.name for p in (tmp_path / "results").rglob("*.json") if "medmnist-v2" in str(p))
+    assert records == ["resnet18-random__size28-seeds1-epochs1-init-encoder.json",
+                       "resnet18-random__size28-seeds1-epochs1.json"]
+
+
 def test_best_validation_weights_are_restored_not_last(monkeypatch):
     """Scripted val AUCs 0.6, 0.9, 0.7: the returned model must carry epoch 2's weights."""
     rng = np.random.default_rng(0)
