@@ -286,16 +286,21 @@ def feature_dim_of(arch: str) -> int:
     return twin.feature_dim if twin is not None else build_backbone(arch).feature_dim
 
 
+def _locked(path: Path) -> contextlib.AbstractContextManager[None]:
+    """Serialise read-modify-write of the registry file between processes."""
+    return file_lock(path.with_name(path.name + ".lock"))
+
+
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Serialise read-modify-write of the registry file between processes (POSIX flock; no-op elsewhere)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def file_lock(lock_path: Path) -> Iterator[None]:
+    """An exclusive inter-process lock on ``lock_path`` (POSIX flock; no-op where fcntl is missing)."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
         yield
         return
-    with open(path.with_name(path.name + ".lock"), "w") as handle:
+    with open(lock_path, "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

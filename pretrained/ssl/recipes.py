@@ -16,7 +16,7 @@ import torch
 
 from pretrained.checkpoints import MissingWeightsError
 from pretrained.encoder import Encoder, EncoderSpec, LoadOptions, WeightsStatus
-from pretrained.local_registry import build_local_encoder
+from pretrained.local_registry import build_local_encoder, file_lock
 from pretrained.registry import ENCODERS
 from pretrained.ssl.pipeline import ENCODER_FILE, KEY_PREFIX, SIDECAR_FILE, pretrained_dir, read_sidecar, run_pretraining
 from pretrained.ssl.trainer import EpochHook, PretrainConfig, StaleStateError
@@ -63,17 +63,21 @@ def build_recipe_encoder(name: str, options: LoadOptions) -> Encoder:
 def ensure_recipe(name: str, *, results_dir: Path, device: torch.device, num_workers: int = 0,
                   on_epoch_end: EpochHook | None = None) -> dict[str, Any]:
     """Pretrain recipe ``name`` unless its encoder is present (resuming a killed run); returns its sidecar."""
-    if not recipe_status(name).present:
-        config, directory = RECIPES[name], pretrained_dir(name)
-        log.info("pretraining %s into %s", name, directory)
-        try:
-            run_pretraining(config, directory, results_dir=results_dir, device=device, num_workers=num_workers,
-                            on_epoch_end=on_epoch_end)
-        except StaleStateError:
-            log.warning("discarding the training state of an older %s recipe in %s", name, directory)
-            run_pretraining(config, directory, results_dir=results_dir, device=device, num_workers=num_workers,
-                            on_epoch_end=on_epoch_end, overwrite=True)
-    return read_sidecar(pretrained_dir(name)) or {}
+    config, directory = RECIPES[name], pretrained_dir(name)
+    if recipe_status(name).present:
+        return read_sidecar(directory) or {}
+    # several shards of one benchmark (--shard i/n) may start at once: one pretrains, the others wait for it
+    with file_lock(directory / ".pretrain.lock"):
+        if not recipe_status(name).present:
+            log.info("pretraining %s into %s", name, directory)
+            try:
+                run_pretraining(config, directory, results_dir=results_dir, device=device, num_workers=num_workers,
+                                on_epoch_end=on_epoch_end)
+            except StaleStateError:
+                log.warning("discarding the training state of an older %s recipe in %s", name, directory)
+                run_pretraining(config, directory, results_dir=results_dir, device=device, num_workers=num_workers,
+                                on_epoch_end=on_epoch_end, overwrite=True)
+    return read_sidecar(directory) or {}
 
 
 def register_recipe(name: str, config: PretrainConfig, architecture: str, feature_dim: int,

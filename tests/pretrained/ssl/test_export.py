@@ -56,3 +56,23 @@ def test_overwritten_export_is_refused_until_registered_again(tiny_encoder, tmp_
     export_encoder(_trained_tiny(2.0), "tiny-cnn", {}, tmp_path)
     with pytest.raises(CheckpointError, match="changed since it was registered"):
         ENCODERS.get("tiny-stale").build(LoadOptions())
+
+
+def test_file_lock_serialises_two_holders(tmp_path):
+    """ensure_recipe relies on it: a second shard waits until the first has pretrained."""
+    import threading
+    import time
+    from pretrained.local_registry import file_lock
+    events: list[str] = []
+
+    def second() -> None:
+        with file_lock(tmp_path / "x.lock"):
+            events.append("second in")
+
+    with file_lock(tmp_path / "x.lock"):
+        thread = threading.Thread(target=second)
+        thread.start()
+        time.sleep(0.3)
+        events.append("first out")
+    thread.join(5)
+    assert events == ["first out", "second in"]
