@@ -665,12 +665,21 @@ def run_pretrain_command(method: str, dataset: str, root: Path | None, dataset_o
     from pretrained.ssl.augment import AugmentConfig
     from pretrained.ssl.pipeline import pretrain_and_register
     from pretrained.ssl.trainer import PretrainConfig
+    from benchmark.registry import UnknownNameError
+    from pretrained.local_registry import check_new_local_name
+    try:
+        init_name = ENCODERS.resolve(init)
+    except UnknownNameError as error:
+        raise click.BadParameter(str(error), param_hint="--init") from None
+    try:  # before any training: a bad or taken name must not cost a run
+        check_new_local_name(name)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--name") from None
     torch_device, context = _pretrain_device(device)
     options = LoadOptions(weights_dir=str(weights_dir) if weights_dir else None, trust_checkpoint=trust_checkpoint)
 
     def action():
         dataset_name = DATASETS.resolve(dataset)
-        init_name = ENCODERS.resolve(init)
         size = image_size or ENCODERS.get(init_name).build(options).preprocessing.input_size
         config = PretrainConfig(
             method=method, dataset=dataset_name, init=init_name, epochs=epochs, image_size=size, batch_size=batch_size,

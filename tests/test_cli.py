@@ -23,9 +23,19 @@ def invoke(*args: str):
 
 
 def test_help_everywhere():
-    for command in ([], ["models"], ["datasets"], ["linear"], ["leaderboard"], ["benchmark"], ["evaluate"]):
+    """Every command and subcommand of the CLI answers --help."""
+    import click
+
+    def walk(command: click.Command, path: list[str]):
+        yield path
+        if isinstance(command, click.Group):
+            for name, sub in command.commands.items():
+                yield from walk(sub, [*path, name])
+    paths = list(walk(cli, []))
+    assert ["pretrain", "simclr"] in paths and ["models", "add"] in paths
+    for command in paths:
         result = invoke(*command, "--help")
-        assert result.exit_code == 0, result.output
+        assert result.exit_code == 0, (command, result.output)
         assert "Usage:" in result.output
 
 

@@ -49,7 +49,13 @@ def test_pretrain_registers_an_encoder_that_linear_can_use(tiny_encoder, mini_sy
     other = runner.invoke(cli.cli, ["pretrain", "supcon", *TINY, "--name", "tiny-simclr", "--results", str(results_dir)])
     assert other.exit_code != 0 and "another pretraining configuration" in other.output
     taken = runner.invoke(cli.cli, ["pretrain", "simclr", *TINY, "--name", "resnet18-random", "--results", str(results_dir)])
-    assert taken.exit_code != 0 and "taken by builtin" in taken.output
+    assert taken.exit_code != 0 and "already taken" in taken.output
+    bad = runner.invoke(cli.cli, ["pretrain", "simclr", *TINY, "--name", "Bad Name", "--results", str(results_dir)])
+    assert bad.exit_code == 2 and "--name" in bad.output and "lowercase" in bad.output
+    assert not (results_dir.parent / "Bad Name").exists() and "epoch" not in bad.output  # refused before training
+    unknown = runner.invoke(cli.cli, ["pretrain", "simclr", *TINY[:2], "--init", "tiny-cnm", *TINY[4:], "--name", "x",
+                                      "--results", str(results_dir)])
+    assert unknown.exit_code == 2 and "--init" in unknown.output and "tiny-cnn" in unknown.output
 
 
 def test_main_job_makes_its_recipe_encoder_once(tiny_encoder, mini_synthderm, results_dir):
