@@ -626,18 +626,12 @@ def _pretrain_options(func: Callable) -> Callable:
 
 
 def _pretrain_device(device: str):
-    import os
     from benchmark.device import resolve_device
     from pretrained.ssl import distributed
     try:
-        torch_device = resolve_device(device)
+        return distributed.init_from_env(resolve_device(device))
     except (ValueError, RuntimeError) as error:
         raise click.BadParameter(str(error), param_hint="--device") from None
-    context = distributed.init_from_env(torch_device.type)
-    if context.enabled and torch_device.type == "cuda":
-        import torch
-        torch_device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch_device, context
 
 
 def _epoch_reporter(context, epochs: int) -> Callable[[int, float], None]:

@@ -72,7 +72,9 @@ def init_from_env(device: torch.device) -> torch.device:
         torch.cuda.set_device(device)
     if not is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, timeout=_DEFAULT_TIMEOUT)
+        # naming this rank's GPU spares NCCL from guessing the rank -> GPU map (and its warning)
+        dist.init_process_group(backend=backend, timeout=_DEFAULT_TIMEOUT,
+                                **({"device_id": device} if device.type == "cuda" else {}))
         atexit.register(shutdown)
         log.info("joined process group: rank %d of %d (%s, %s)", rank(), world_size(), backend, device)
     return device

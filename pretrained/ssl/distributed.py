@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from benchmark import distributed as harness_distributed
+
 log = logging.getLogger(__name__)
 
 
@@ -32,17 +34,12 @@ class DistContext:
         return self.world_size > 1
 
 
-def init_from_env(device_type: str) -> DistContext:
-    """Join the process group when launched by torchrun (``WORLD_SIZE`` > 1); a no-op otherwise."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return DistContext()
-    if not dist.is_initialized():
-        backend = "nccl" if device_type == "cuda" else "gloo"
-        if device_type == "cuda":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend=backend)
-    return current()
+def init_from_env(device: torch.device) -> tuple[torch.device, DistContext]:
+    """Join the torchrun process group (``WORLD_SIZE`` > 1) with the harness's own setup
+    (:func:`benchmark.distributed.init_from_env`: NCCL on ``cuda:LOCAL_RANK`` or gloo); returns this
+    rank's device and context. A no-op outside torchrun."""
+    device = harness_distributed.init_from_env(device)
+    return device, current()
 
 
 def current() -> DistContext:
