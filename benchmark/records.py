@@ -10,13 +10,14 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from benchmark.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -92,13 +93,7 @@ def write_record(record: ResultRecord, results_dir: Path) -> Path:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True, allow_nan=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, allow_nan=True))
 
 
 def record_exists(results_dir: Path, identity: Identity) -> bool:

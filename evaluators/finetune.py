@@ -42,6 +42,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from benchmark import distributed
+from benchmark.atomic import atomic_torch_save
 from benchmark.device import autocast_dtype, default_workers
 from benchmark.metrics import METRIC_NAMES, classification_metrics, evaluate_with_ci, subgroup_metrics
 from benchmark.records import write_json_atomic
@@ -50,7 +51,7 @@ from evaluators.augment import AugmentedImages, EvalImages, train_augmentation
 from evaluators.base import EvalContext, EvalOutput, EvaluatorSpec
 from evaluators.registry import EVALUATORS
 from evaluators.sampling import TTA_STREAM, derive_seed
-from evaluators.training import TrainConfig, Trainer, Validation, _save_atomic
+from evaluators.training import TrainConfig, Trainer, Validation
 from pretrained.encoder import Encoder
 from pretrained.preprocessing import Preprocessing
 
@@ -302,7 +303,7 @@ def run_finetune(context: EvalContext, options: dict) -> EvalOutput:
     model.to(device, memory_format=torch.channels_last)
     if distributed.is_main_process():
         if options["save_best"]:
-            _save_atomic({"format": 1, "fingerprint": json.dumps(fingerprint, sort_keys=True, default=str),
+            atomic_torch_save({"format": 1, "fingerprint": json.dumps(fingerprint, sort_keys=True, default=str),
                           "run": best_index, "lr": chosen["lr"], "wd": chosen["wd"], "best_step": chosen["best_step"],
                           "model": weights, "encoder": encoder.name, "classes": dataset.classes, "train_size": size,
                           "eval_preprocessing": eval_preprocessing.to_dict()}, artifacts / "best.pt")

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +38,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from benchmark import distributed
+from benchmark.atomic import atomic_torch_save
 from benchmark.device import autocast_dtype
 from evaluators.sampling import TORCH_STREAM, StreamBatchSampler, derive_seed
 
@@ -257,7 +257,7 @@ class Trainer:
             state.best_score, state.best_step, state.bad_validations = score, state.step, 0
             self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in self._unwrapped_state().items()}
             if distributed.is_main_process():
-                _save_atomic({"format": CHECKPOINT_FORMAT, "step": state.step, "score": score,
+                atomic_torch_save({"format": CHECKPOINT_FORMAT, "step": state.step, "score": score,
                               "model": self.best_weights}, self._best_path(state.step))
         else:
             state.bad_validations += 1
@@ -297,7 +297,7 @@ class Trainer:
             "rng": {"torch": torch.get_rng_state(),
                     **({"cuda": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {})},
         }
-        _save_atomic(payload, self._last_path())
+        atomic_torch_save(payload, self._last_path())
         self._prune_best_files(keep=state.best_step)
 
     def _prune_best_files(self, keep: int, newer_than: int | None = None) -> None:
@@ -376,11 +376,3 @@ class Trainer:
                                                               patience=config.plateau_patience,
                                                               min_lr=config.plateau_min_lr)
         return None
-
-
-def _save_atomic(payload: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import functional as TF
 
+from benchmark.atomic import atomic_write
 from datasets.base import ImageDataset
 
 log = logging.getLogger(__name__)
@@ -70,10 +70,7 @@ def decode_images(dataset: ImageDataset, indices: np.ndarray, size: int, *, gray
     loader = DataLoader(_Decoder(dataset, indices, size, grayscale), batch_size=64, num_workers=num_workers)
     images = torch.cat([batch for batch in loader]) if len(indices) else torch.zeros(0, 3, size, size, dtype=torch.uint8)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
-        np.save(tmp, images.numpy())
-        os.replace(tmp, path)
+        atomic_write(path, lambda handle: np.save(handle, images.numpy()))
     return images
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmark.atomic import atomic_torch_save, atomic_write_text
 from benchmark.features import default_cache_dir
 from datasets.base import ImageDataset
 from datasets.registry import DATASETS
@@ -60,15 +60,11 @@ def export_encoder(encoder: Encoder, arch: str, pretraining: dict[str, Any], dir
     payload = {"format": ENCODER_FORMAT, "architecture": arch, "preprocessing": encoder.preprocessing.to_dict(),
                "pretraining": json.loads(json.dumps(pretraining, default=str)),
                "state_dict": {key: value.detach().cpu().contiguous() for key, value in encoder.state_dict().items()}}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    atomic_torch_save(payload, path)
     digest = sha256_file(path)
     sidecar = {key: value for key, value in payload.items() if key != "state_dict"}
     sidecar.update({"checkpoint_sha256": digest, "key_prefix": KEY_PREFIX, "feature_dim": encoder.feature_dim})
-    tmp = directory / f".{SIDECAR_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(sidecar, indent=2, sort_keys=True))
-    os.replace(tmp, directory / SIDECAR_FILE)
+    atomic_write_text(directory / SIDECAR_FILE, json.dumps(sidecar, indent=2, sort_keys=True))
     return path, digest
 
 

@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from benchmark.atomic import atomic_torch_save
 from datasets.base import ImageDataset
 from pretrained.architectures import state_fingerprint
 from pretrained.encoder import Encoder, LoadOptions
@@ -173,13 +173,6 @@ def build_init_encoder(config: PretrainConfig, options: LoadOptions) -> Encoder:
     return encoder
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def _load_state(path: Path, config: PretrainConfig) -> dict | None:
     if not path.is_file():
         return None
@@ -291,7 +284,7 @@ def pretrain(config: PretrainConfig, data: PretrainData, work_dir: Path, *, devi
         losses.append(mean_loss)
         seconds = seconds_before + time.perf_counter() - start_time
         if context.is_main:
-            _atomic_save({"format": STATE_FORMAT, "config_digest": config.digest(), "config": config.to_dict(),
+            atomic_torch_save({"format": STATE_FORMAT, "config_digest": config.digest(), "config": config.to_dict(),
                           "epoch": epoch + 1, "losses": losses, "seconds": seconds,
                           "model": model.state_dict(), "optimizer": optimizer.state_dict()}, state_path)
         distributed.barrier(context)
