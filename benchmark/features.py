@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from benchmark import distributed
+from benchmark.atomic import atomic_write
 from benchmark.device import autocast_dtype, default_workers
 from datasets.base import DatasetError, ImageDataset, UnreadableImageError
 from pretrained.encoder import Encoder
@@ -202,7 +203,5 @@ def _read_cache(path: Path, key: dict) -> tuple[np.ndarray, dict] | None:
 
 
 def _write_cache(path: Path, key: dict, x: np.ndarray, meta: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, x=x, key=np.array(json.dumps(key, sort_keys=True)), meta=np.array(json.dumps(meta)))
-    os.replace(tmp, path)
+    atomic_write(path, lambda handle: np.savez(handle, x=x, key=np.array(json.dumps(key, sort_keys=True)),
+                                               meta=np.array(json.dumps(meta))))

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
+from benchmark.atomic import atomic_write_text
 from benchmark.references import reference_rows
 from benchmark.records import ResultRecord, load_records
 
@@ -160,7 +161,4 @@ def write_leaderboard(results_dir: Path, out: Path | None = None) -> tuple[Path,
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    import os
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)

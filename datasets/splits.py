@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from benchmark.atomic import atomic_write_text
 from datasets.base import SPLITS, DatasetError, ImageDataset
 
 log = logging.getLogger(__name__)
@@ -185,12 +185,9 @@ def _sha(split: np.ndarray, dataset: ImageDataset) -> str:
 
 
 def _write_split_file(dataset: ImageDataset, split: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame({"image_id": dataset.ids, "group": dataset.groups,
                           "label": [dataset.classes[c] for c in dataset.labels], "split": split})
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    atomic_write_text(path, frame.to_csv(index=False))
     log.info("wrote split file %s", path)
 
 

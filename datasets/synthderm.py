@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from benchmark.atomic import atomic_write
 from benchmark.features import default_cache_dir
 from datasets.base import ArrayImageDataset, DatasetSpec
 from datasets.registry import DATASETS
@@ -49,11 +49,8 @@ def load_synthderm_arrays(seed: int, n_lesions: int, image_size: int) -> tuple[n
         except (OSError, ValueError, KeyError):
             log.warning("synthderm cache %s unreadable; rendering again", path)
     images, meta = generate_synthderm(seed=seed, n_lesions=n_lesions, image_size=image_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
     columns = {f"meta_{c}": _plain_array(meta[c]) for c in meta.columns}
-    np.savez(tmp, images=images, **columns)
-    os.replace(tmp, path)
+    atomic_write(path, lambda handle: np.savez(handle, images=images, **columns))
     return images, meta
 
 

@@ -28,6 +28,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Iterator
 
+from benchmark.atomic import atomic_write_text
 from pretrained.architectures import DENSENETS
 from pretrained.backbones import Backbone, TimmTrunk, build_backbone, make_encoder
 from pretrained.checkpoint_encoder import checkpoint_provenance, load_state
@@ -309,7 +310,4 @@ def file_lock(lock_path: Path) -> Iterator[None]:
 
 
 def _write_entries(path: Path, entries: dict[str, dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"version": REGISTRY_VERSION, "encoders": entries}, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps({"version": REGISTRY_VERSION, "encoders": entries}, indent=2, sort_keys=True))
