@@ -91,6 +91,8 @@ def feature_cache_key(encoder: Encoder, dataset: ImageDataset, indices: np.ndarr
         "format": FEATURE_FORMAT_VERSION,
         "encoder": encoder.name,
         "weights_sha256": encoder.provenance.get("weights_sha256"),
+        # one file can hold several networks (MoCo's encoder_q and encoder_k): the prefix picks one
+        "key_prefix": encoder.provenance.get("key_prefix"),
         "preprocessing": encoder.preprocessing.to_dict(),
         "dataset": dataset.name,
         "content": dataset.content_hash(),

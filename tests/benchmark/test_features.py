@@ -52,6 +52,12 @@ def test_changed_key_reextracts_never_stale(tmp_path):
     subset = extract_features(_encoder(0), dataset, indices=np.arange(5), cache_dir=tmp_path, num_workers=0)
     assert not subset.meta["cache_hit"] and len(subset) == 5
     np.testing.assert_allclose(subset.x, base.x[:5], rtol=1e-5, atol=1e-6)
+    # one checkpoint file, two networks in it (MoCo's encoder_q / encoder_k): same file sha, other key prefix
+    query, key = _encoder(0), _encoder(1)
+    query.provenance = {**query.provenance, "weights_sha256": "f" * 64, "key_prefix": "module.encoder_q."}
+    key.provenance = {**key.provenance, "weights_sha256": "f" * 64, "key_prefix": "module.encoder_k."}
+    extract_features(query, dataset, cache_dir=tmp_path, num_workers=0)
+    assert not extract_features(key, dataset, cache_dir=tmp_path, num_workers=0).meta["cache_hit"]
 
 
 def test_corrupt_cache_file_is_ignored(tmp_path):
