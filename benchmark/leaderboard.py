@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from tabulate import tabulate
@@ -31,12 +32,19 @@ class Leaderboard:
     errors: list[tuple[Path, str]] = field(default_factory=list)
 
 
-def _fmt(value: float | None, ci: list | None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not math.isnan(value)
+
+
+def _fmt(value: float | None, ci: list | None, sd: float | None = None) -> str:
+    """``0.500 [0.400, 0.600]`` with a CI; ``0.500 ± 0.020`` for a mean over seeds without one."""
+    if not _finite(value):
         return "n/a"
     text = f"{value:.3f}"
     if ci and ci[0] is not None and ci[1] is not None:
         text += f" [{ci[0]:.3f}, {ci[1]:.3f}]"
+    elif _finite(sd):
+        text += f" ± {sd:.3f}"
     return text
 
 
@@ -104,7 +112,8 @@ def _display_table(part: pd.DataFrame) -> pd.DataFrame:
             item = hit.iloc[0]
             ci = [item["ci_low"], item["ci_high"]]
             ci = None if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in ci) else ci
-            row[column] = f"{_fmt(item['value'], ci)} (#{int(item['rank'])})" if not math.isnan(item["rank"]) else _fmt(item["value"], ci)
+            cell = _fmt(item["value"], ci, item.get("sd"))
+            row[column] = f"{cell} (#{int(item['rank'])})" if not math.isnan(item["rank"]) else cell
         row["mean rank"] = round(float(group["rank"].mean()), 2)
         ips = pd.to_numeric(group["images_per_second"], errors="coerce")
         row["images/s"] = f"{ips.mean():.1f}" if ips.notna().any() else ""
@@ -136,7 +145,8 @@ def _detail_tables(records: list[ResultRecord], evaluator: str, variant: str) ->
 def render_markdown(board: Leaderboard) -> str:
     """GitHub-flavoured markdown of every table, then the notes."""
     parts = ["# medtransfer leaderboard", "",
-             "Cells: primary metric on the test split, 95 % bootstrap CI in brackets (few-shot: ±1.96 sd/sqrt(episodes)), "
+             "Cells: primary metric on the test split, 95 % bootstrap CI in brackets (few-shot: ±1.96 sd/sqrt(episodes)); "
+             "a mean over seeds without a CI shows ± its sd (k-shot linear, MedMNIST seeds); "
              "rank within the column after '#'. Columns with different protocol hashes are never merged.", ""]
     for title, table in board.tables:
         parts += [f"## {title}", "", tabulate(table, headers="keys", tablefmt="github", showindex=False), ""]

@@ -109,3 +109,14 @@ def test_stored_hash_is_recomputed_on_load(tmp_path):
     path.write_text(json.dumps(data))
     loaded, _ = load_records(tmp_path)
     assert loaded[0].protocol_hash == protocol_hash(data["protocol"])
+
+
+def test_mean_over_seeds_without_ci_shows_its_sd(tmp_path):
+    record = ResultRecord(identity=Identity("tiny", "synthderm", "kshot-linear"),
+                          metrics={"balanced_accuracy": metric(0.25, None, sd=0.023, n_seeds=3)},
+                          primary_metric="balanced_accuracy", protocol={"evaluator": "kshot-linear", "C": "grid"},
+                          provenance={"encoder_kind": "random", "wall_seconds": 1.0})
+    write_record(record, tmp_path)
+    write_record(_record("other", 0.4, evaluator="kshot-linear"), tmp_path)
+    markdown = render_markdown(build_leaderboard(tmp_path))
+    assert "0.250 ± 0.023 (#2)" in markdown and "0.400 [0.350, 0.450] (#1)" in markdown
