@@ -21,7 +21,8 @@ from pathlib import Path
 import pandas as pd
 
 from datasets.base import DatasetError, DatasetSpec, FileImageDataset
-from datasets.common import IMAGE_SUFFIXES, built_name, check_options, choose_task, low_data_settings, resolve_root
+from datasets.common import (IMAGE_SUFFIXES, built_name, check_options, choose_option, choose_task,
+                             low_data_settings, resolve_root)
 from datasets.registry import DATASETS
 
 log = logging.getLogger(__name__)
@@ -50,10 +51,8 @@ def release_dir(root: Path) -> Path:
 def build_chest_xray_pneumonia(root: Path | None, options: dict) -> FileImageDataset:
     check_options(NAME, options, ("val",))
     task = choose_task(NAME, options, TASKS)
-    val_mode = str(options.get("val", "official")).lower()
-    if val_mode not in ("official", "carve"):
-        raise DatasetError(f"dataset '{NAME}': val must be 'official' (the 16-image val folder) or 'carve' "
-                           f"(20 % of train, grouped by patient); got '{val_mode}'")
+    val_mode = choose_option(NAME, options, "val", {"official": "the 16-image val folder (default)",
+                                                     "carve": "20 % of train, grouped by patient"})
     base = release_dir(resolve_root(NAME, root, "chest_xray", "train/ test/ val/ with NORMAL/ and PNEUMONIA/"))
     rows = []
     for split, folder in SPLIT_FOLDERS.items():

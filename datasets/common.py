@@ -192,14 +192,20 @@ def check_options(dataset: str, options: dict, allowed: Iterable[str]) -> None:
         raise DatasetError(f"dataset '{dataset}' has no option(s) {unknown}; options: {sorted(allowed)}")
 
 
+def choose_option(dataset: str, options: dict, key: str, choices: dict[str, str]) -> str:
+    """Option ``key`` (default: the first of ``choices``), lower-cased and validated against ``choices``
+    (value -> description); a bad value is a DatasetError that lists the choices."""
+    value = str(options.get(key, next(iter(choices)))).strip().lower()
+    if value not in choices:
+        listing = "; ".join(f"{k}: {v}" for k, v in choices.items())
+        raise DatasetError(f"dataset '{dataset}' has no {key} '{value}'. Choices: {listing}. "
+                           f"Choose one with --dataset-option {key}=VALUE")
+    return value
+
+
 def choose_task(dataset: str, options: dict, tasks: dict[str, str]) -> str:
     """The ``task`` option (default: the first of ``tasks``), validated against ``tasks`` (name -> description)."""
-    task = str(options.get("task", next(iter(tasks)))).strip().lower()
-    if task not in tasks:
-        listing = "; ".join(f"{k}: {v}" for k, v in tasks.items())
-        raise DatasetError(f"dataset '{dataset}' has no task '{task}'. Tasks: {listing}. "
-                           f"Choose one with --dataset-option task=NAME")
-    return task
+    return choose_option(dataset, options, "task", tasks)
 
 
 def low_data_settings(dataset: str, options: dict) -> dict | None:

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from datasets.base import DatasetError, DatasetSpec, FileImageDataset
-from datasets.common import (ImageIndex, built_name, check_options, choose_task, clean_values, encode,
+from datasets.common import (ImageIndex, built_name, check_options, choose_option, choose_task, clean_values, encode,
                              low_data_settings, primary_metric_for, read_csv, resolve_images, resolve_root)
 from datasets.registry import DATASETS
 
@@ -31,6 +31,8 @@ NAME = "derm7pt"
 TASKS = {"melanoma": "binary: any melanoma diagnosis (1) vs the rest (0)",
          "diagnosis": "5 grouped diagnoses BCC, NEV, MEL, MISC, SK (derm7pt's grouping)"}
 VARIANTS = {"derm": "derm", "dermoscopic": "derm", "clinic": "clinic", "clinical": "clinic"}
+VARIANT_CHOICES = {"derm": "dermoscopic images (default)", "dermoscopic": "same as derm",
+                   "clinic": "clinical photographs", "clinical": "same as clinic"}
 DIAGNOSIS_CLASSES = ["BCC", "NEV", "MEL", "MISC", "SK"]
 _NEVI = ("nevus", "blue nevus", "clark nevus", "combined nevus", "congenital nevus", "dermal nevus",
          "recurrent nevus", "reed or spitz nevus")
@@ -65,10 +67,7 @@ def release_dir(root: Path) -> Path:
 def build_derm7pt(root: Path | None, options: dict) -> FileImageDataset:
     check_options(NAME, options, ("variant",))
     task = choose_task(NAME, options, TASKS)
-    variant_name = str(options.get("variant", "derm")).lower()
-    if variant_name not in VARIANTS:
-        raise DatasetError(f"dataset '{NAME}': variant must be derm (dermoscopic) or clinic (clinical), got '{variant_name}'")
-    column = VARIANTS[variant_name]
+    column = VARIANTS[choose_option(NAME, options, "variant", VARIANT_CHOICES)]
     base = release_dir(resolve_root(NAME, root, "derm7pt", "release_v0/meta/meta.csv"))
     meta_path = base / "meta" / "meta.csv"
     frame = read_csv(meta_path, ("diagnosis", "clinic", "derm"), NAME)

@@ -25,8 +25,9 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from datasets.base import DatasetError, DatasetSpec, FileImageDataset
-from datasets.common import (ImageIndex, built_name, check_options, check_unique, choose_task, encode, find_first,
-                             fitzpatrick_values, low_data_settings, primary_metric_for, read_csv, resolve_root)
+from datasets.common import (ImageIndex, built_name, check_options, check_unique, choose_option, choose_task, encode,
+                             find_first, fitzpatrick_values, low_data_settings, primary_metric_for, read_csv,
+                             resolve_root)
 from datasets.registry import DATASETS
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ TASKS = {"nine-partition": "9 groups (nine_partition_label)",
 TASK_COLUMNS = {"nine-partition": "nine_partition_label", "three-partition": "three_partition_label",
                 "condition": "label"}
 IMAGE_FOLDERS = ("images", "data/finalfitz17k", "finalfitz17k", "data")
-VERIFY = ("header", "full", "none")
+VERIFY = {"header": "open every image header (default)", "full": "decode every image", "none": "no check"}
 GREYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "F")  # single-channel files (X-rays); colour modes are kept
 
 
@@ -65,9 +66,7 @@ def image_problem(path: Path, verify: str) -> str | None:
 def build_fitzpatrick17k(root: Path | None, options: dict) -> FileImageDataset:
     check_options(NAME, options, ("verify",))
     task = choose_task(NAME, options, TASKS)
-    verify = str(options.get("verify", "header")).lower()
-    if verify not in VERIFY:
-        raise DatasetError(f"dataset '{NAME}': verify must be one of {VERIFY}, got '{verify}'")
+    verify = choose_option(NAME, options, "verify", VERIFY)
     root = resolve_root(NAME, root, "fitzpatrick17k", CSV_NAME)
     csv_path = find_first(root, (CSV_NAME,))
     if csv_path is None:

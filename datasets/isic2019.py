@@ -27,9 +27,9 @@ import numpy as np
 import pandas as pd
 
 from datasets.base import DatasetError, DatasetSpec, FileImageDataset
-from datasets.common import (ImageIndex, age_bin, built_name, check_options, check_unique, choose_task,
-                             clean_values, find_first, low_data_settings, primary_metric_for, read_csv,
-                             resolve_images, resolve_root)
+from datasets.common import (ImageIndex, age_bin, built_name, check_options, check_unique, choose_option, choose_task,
+                             clean_values, find_first, low_data_settings, primary_metric_for, read_csv, resolve_images,
+                             resolve_root)
 from datasets.registry import DATASETS
 
 log = logging.getLogger(__name__)
@@ -97,9 +97,8 @@ def read_split_dir(folder: Path) -> pd.DataFrame:
 def build_isic2019(root: Path | None, options: dict) -> FileImageDataset:
     check_options(NAME, options, ("split_dir", "groups"))
     task = choose_task(NAME, options, TASKS)
-    grouping = str(options.get("groups", "lesion")).lower()
-    if grouping not in ("lesion", "image"):
-        raise DatasetError(f"dataset '{NAME}': groups must be 'lesion' (lesion_id, default) or 'image', got '{grouping}'")
+    grouping = choose_option(NAME, options, "groups", {"lesion": "group by lesion_id (default)",
+                                                        "image": "every image its own group"})
     root = resolve_root(NAME, root, "isic2019", GROUND_TRUTH)
     gt_path = find_first(root, (GROUND_TRUTH,))
     if gt_path is None:

@@ -119,3 +119,15 @@ def test_fitzpatrick17k_drops_bad_images_with_counts(tmp_path: Path):
     full = build_fitzpatrick17k(root, {"verify": "full", "task": "three-partition"})
     assert full.info["dropped"]["unreadable"] == 2 and len(full) == 13  # full decode also catches the truncated file
     assert full.classes == ["benign", "malignant", "non-neoplastic"]
+
+
+@pytest.mark.parametrize("build, key", [("build_fitzpatrick17k", "verify"), ("build_derm7pt", "variant"),
+                                        ("build_isic2019", "groups"), ("build_chest_xray_pneumonia", "val")])
+def test_a_bad_option_value_lists_the_choices_before_touching_files(build, key, tmp_path):
+    """Every loader validates its options through datasets.common.choose_option, before reading --root."""
+    import importlib
+    module_name = {"build_fitzpatrick17k": "fitzpatrick17k", "build_derm7pt": "derm7pt", "build_isic2019": "isic2019",
+                   "build_chest_xray_pneumonia": "chest_xray_pneumonia"}[build]
+    builder = getattr(importlib.import_module(f"datasets.{module_name}"), build)
+    with pytest.raises(DatasetError, match=rf"no {key} 'bogus'. Choices: .*--dataset-option {key}=VALUE"):
+        builder(tmp_path / "missing", {key: "bogus"})
