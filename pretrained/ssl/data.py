@@ -99,6 +99,7 @@ def batch_plan(order: np.ndarray, batch_size: int, min_batch: int = 2) -> list[n
     return batches
 
 
-def rank_shard(batch: np.ndarray, rank: int, world_size: int) -> np.ndarray:
-    """This rank's near-equal share of a global batch."""
-    return np.array_split(batch, world_size)[rank]
+def rank_shards(batch_size: int, world_size: int) -> list[np.ndarray]:
+    """Positions 0..batch_size-1 of a global batch cut into ``world_size`` near-equal, contiguous shares
+    (rank r takes share r, so concatenating the ranks' outputs in rank order restores the batch order)."""
+    return np.array_split(np.arange(batch_size), world_size)

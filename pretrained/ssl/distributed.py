@@ -53,25 +53,17 @@ def barrier(context: DistContext) -> None:
         dist.barrier()
 
 
-def gather_with_grad(tensor: torch.Tensor, context: DistContext) -> torch.Tensor:
-    """Concatenate every rank's [n_r, ...] tensor in rank order (n_r may differ); gradients flow back."""
+def gather_with_grad(tensor: torch.Tensor, context: DistContext, sizes: list[int] | None = None) -> torch.Tensor:
+    """Concatenate every rank's [n_r, ...] tensor in rank order (n_r may differ); gradients flow back.
+
+    ``sizes`` (every rank's n_r) saves a collective when the caller knows them (the trainer does)."""
     if not context.enabled:
         return tensor
     from torch.distributed.nn.functional import all_gather
-    sizes = _gather_sizes(len(tensor), tensor.device, context)
+    if sizes is None:
+        sizes = _gather_sizes(len(tensor), tensor.device, context)
     padded = _pad_to(tensor, max(sizes))
     pieces = all_gather(padded)
-    return torch.cat([piece[:size] for piece, size in zip(pieces, sizes)])
-
-
-def gather_no_grad(tensor: torch.Tensor, context: DistContext) -> torch.Tensor:
-    """Like :func:`gather_with_grad` for tensors that need no gradient (labels)."""
-    if not context.enabled:
-        return tensor
-    sizes = _gather_sizes(len(tensor), tensor.device, context)
-    padded = _pad_to(tensor, max(sizes))
-    pieces = [torch.empty_like(padded) for _ in range(context.world_size)]
-    dist.all_gather(pieces, padded)
     return torch.cat([piece[:size] for piece, size in zip(pieces, sizes)])
 
 

@@ -36,7 +36,7 @@ from pretrained.encoder import Encoder, LoadOptions
 from pretrained.registry import ENCODERS
 from pretrained.ssl import distributed
 from pretrained.ssl.augment import AugmentConfig, simclr_view
-from pretrained.ssl.data import batch_plan, decode_images, epoch_order, rank_shard
+from pretrained.ssl.data import batch_plan, decode_images, epoch_order, rank_shards
 from pretrained.ssl.losses import nt_xent, supcon
 from pretrained.ssl.model import ContrastiveModel, build_head
 
@@ -256,7 +256,8 @@ def pretrain(config: PretrainConfig, data: PretrainData, work_dir: Path, *, devi
             global_images = images[batch_index]
             view1 = simclr_view(global_images, config.image_size, config.augment, generator)
             view2 = simclr_view(global_images, config.image_size, config.augment, generator)
-            share = torch.as_tensor(rank_shard(np.arange(len(batch)), context.rank, context.world_size), device=device)
+            shards = rank_shards(len(batch), context.world_size)
+            share = torch.as_tensor(shards[context.rank], device=device)
             x = preprocessing.normalize(torch.cat([view1[share], view2[share]]))
             if device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -266,7 +267,8 @@ def pretrain(config: PretrainConfig, data: PretrainData, work_dir: Path, *, devi
             else:
                 z = train_model(x)
             z1, z2 = z.float().chunk(2)
-            z1, z2 = distributed.gather_with_grad(z1, context), distributed.gather_with_grad(z2, context)
+            sizes = [len(shard) for shard in shards]
+            z1, z2 = distributed.gather_with_grad(z1, context, sizes), distributed.gather_with_grad(z2, context, sizes)
             if config.method == "simclr":
                 loss = nt_xent(z1, z2, temperature)
             else:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pretrained.ssl.augment import AugmentConfig, simclr_view
-from pretrained.ssl.data import batch_plan, decode_images, epoch_order, rank_shard
+from pretrained.ssl.data import batch_plan, decode_images, epoch_order, rank_shards
 
 IDENTITY = AugmentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), hflip_p=0.0, jitter_p=0.0,
                          grayscale_p=0.0, blur_p=0.0)
@@ -24,9 +24,8 @@ def test_batch_plan_keeps_the_last_partial_batch():
 
 
 def test_rank_shards_cover_a_batch_in_order():
-    batch = np.arange(11)
-    shards = [rank_shard(batch, rank, 3) for rank in range(3)]
-    assert np.concatenate(shards).tolist() == batch.tolist()
+    shards = rank_shards(11, 3)
+    assert np.concatenate(shards).tolist() == list(range(11))
     assert [len(s) for s in shards] == [4, 4, 3]
 
 

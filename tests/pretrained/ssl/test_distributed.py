@@ -4,14 +4,14 @@ from __future__ import annotations
 import os
 import socket
 
-import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from pretrained.ssl.distributed import DistContext, gather_no_grad, gather_with_grad
+from pretrained.ssl.data import rank_shards
+from pretrained.ssl.distributed import DistContext, gather_with_grad
 from pretrained.ssl.losses import nt_xent, supcon
 
 N = 5  # global batch: rank 0 gets 3 images, rank 1 gets 2
@@ -33,7 +33,7 @@ def _loss(z1, z2, labels, method):
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
-    """One rank: its share of the batch (as pretrained.ssl.data.rank_shard cuts it), gathered for the loss."""
+    """One rank: its share of the batch (as the trainer cuts it), gathered for the loss over the global batch."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
@@ -42,10 +42,12 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         for method in ("simclr", "supcon"):
             model = nn.parallel.DistributedDataParallel(_model())
             x1, x2, labels = _batch()
-            share = torch.as_tensor(np.array_split(np.arange(N), world)[rank])
+            shards = rank_shards(N, world)
+            share = torch.as_tensor(shards[rank])
             z1, z2 = model(torch.cat([x1[share], x2[share]])).chunk(2)
-            z1, z2 = gather_with_grad(z1, context), gather_with_grad(z2, context)
-            loss = _loss(z1, z2, gather_no_grad(labels[share], context), method)
+            # sizes gathered by collective for z1, passed in for z2 (as the trainer does): both must agree
+            z1, z2 = gather_with_grad(z1, context), gather_with_grad(z2, context, [len(s) for s in shards])
+            loss = _loss(z1, z2, labels, method)  # every rank holds the global batch's labels, as in the trainer
             loss.backward()
             results[method] = {"loss": loss.detach(), "grad": model.module.weight.grad}
         torch.save(results, f"{out}.{rank}")
