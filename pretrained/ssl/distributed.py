@@ -1,7 +1,7 @@
 """DDP plumbing for pretraining under ``torchrun``: process-group setup and a gradient-carrying gather.
 
-Every rank computes the loss over the gathered global batch. ``all_gather`` from
-``torch.distributed.nn`` sums the incoming gradients in its backward pass, so each rank's local
+Every rank computes the loss over the gathered global batch. The gather's backward sums the
+incoming gradients over ranks (an all-reduce), so each rank's local
 projections receive world_size x dL/dz; DDP then averages parameter gradients over ranks, which
 gives exactly dL/dtheta of the global loss: the same step as one process with the whole batch.
 """
@@ -53,17 +53,34 @@ def barrier(context: DistContext) -> None:
         dist.barrier()
 
 
+class _AllGatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sums every rank's gradient for this rank's piece (the adjoint of the gather).
+
+    Written here because ``torch.distributed.nn.functional.all_gather`` is deprecated from torch 2.14 on."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # [n, ...] -> [world, n, ...]
+        pieces = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(pieces, tensor.contiguous())
+        ctx.rank = dist.get_rank()
+        return torch.stack(pieces)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)  # each rank's loss depends on every piece: sum their gradients
+        return grad[ctx.rank]
+
+
 def gather_with_grad(tensor: torch.Tensor, context: DistContext, sizes: list[int] | None = None) -> torch.Tensor:
     """Concatenate every rank's [n_r, ...] tensor in rank order (n_r may differ); gradients flow back.
 
     ``sizes`` (every rank's n_r) saves a collective when the caller knows them (the trainer does)."""
     if not context.enabled:
         return tensor
-    from torch.distributed.nn.functional import all_gather
     if sizes is None:
         sizes = _gather_sizes(len(tensor), tensor.device, context)
-    padded = _pad_to(tensor, max(sizes))
-    pieces = all_gather(padded)
+    pieces = _AllGatherWithGrad.apply(_pad_to(tensor, max(sizes)))
     return torch.cat([piece[:size] for piece, size in zip(pieces, sizes)])
 
 
