@@ -21,10 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from pretrained.architectures import torchvision_backbone  # noqa: E402
-from pretrained.encoder import Encoder  # noqa: E402
+from pretrained.encoder import Encoder, EncoderWithHead  # noqa: E402
 from pretrained.ssl.augment import AugmentConfig, simclr_view  # noqa: E402
 from pretrained.ssl.losses import nt_xent  # noqa: E402
-from pretrained.ssl.model import ContrastiveModel, build_head  # noqa: E402
+from pretrained.ssl.model import build_head  # noqa: E402
 from pretrained.torchvision_zoo import IMAGENET_PREPROCESSING  # noqa: E402
 
 # Dense bf16 tensor-core peaks (TFLOP/s) by device-name fragment, from NVIDIA's data sheets.
@@ -41,10 +41,10 @@ def peak_tflops(device: torch.device) -> float | None:
     return None
 
 
-def build_model(arch: str, device: torch.device) -> ContrastiveModel:
+def build_model(arch: str, device: torch.device) -> EncoderWithHead:
     trunk, pool, dim = torchvision_backbone(arch)
     encoder = Encoder(arch, trunk, pool, dim, IMAGENET_PREPROCESSING, {})
-    model = ContrastiveModel(encoder, build_head(dim, None, 128, 0)).to(device)
+    model = EncoderWithHead(encoder, build_head(dim, None, 128, 0)).to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     return model.train()

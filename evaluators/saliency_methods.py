@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pretrained.encoder import Encoder
+from pretrained.encoder import Encoder, EncoderWithHead
 from pretrained.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
@@ -91,17 +91,6 @@ def windows_per_image(size: int, window: int, stride: int) -> int:
     return per_axis * per_axis
 
 
-class Classifier(nn.Module):
-    """``head(encoder(x))``: [N, 3, H, W] -> logits [N, C]."""
-
-    def __init__(self, encoder: Encoder, head: nn.Linear):
-        super().__init__()
-        self.encoder, self.head = encoder, head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(x))
-
-
 def class_saliency(encoder: Encoder, head: nn.Linear, images: torch.Tensor, targets: torch.Tensor, method: str,
                    ig_steps: int = 32, internal_batch_size: int = 32) -> torch.Tensor:
     """Class saliency of ``head(encoder(x))`` for the ``targets`` logits.
@@ -115,7 +104,7 @@ def class_saliency(encoder: Encoder, head: nn.Linear, images: torch.Tensor, targ
         [N, H, W] float32 (CPU), non-negative.
     """
     attr = captum_attr()
-    model = Classifier(encoder, head).eval()
+    model = EncoderWithHead(encoder, head).eval()
     x = images.detach().clone().requires_grad_(True)
     targets = targets.to(images.device)
     with torch.enable_grad():

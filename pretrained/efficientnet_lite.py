@@ -29,7 +29,7 @@ from torch import nn
 
 from pretrained.architectures import state_fingerprint
 from pretrained.checkpoints import MissingWeightsError, sha256_file
-from pretrained.encoder import Encoder, EncoderSpec, GlobalAvgPool, LoadOptions, WeightsStatus
+from pretrained.encoder import Encoder, EncoderSpec, EncoderWithHead, GlobalAvgPool, LoadOptions, WeightsStatus
 from pretrained.errors import CheckpointError
 from pretrained.preprocessing import Preprocessing
 from pretrained.registry import ENCODERS
@@ -251,18 +251,7 @@ def imagenet_encoder(variant: LiteVariant, name: str, options: LoadOptions) -> E
     return Encoder(name, trunk, GlobalAvgPool(), FEATURE_DIM, lite_preprocessing(variant), provenance)
 
 
-class LiteClassifier(nn.Module):
-    """Encoder plus the ImageNet head: [N, 3, H, W] -> logits [N, 1000]."""
-
-    def __init__(self, encoder: Encoder, head: nn.Linear):
-        super().__init__()
-        self.encoder, self.head = encoder, head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(x))
-
-
-def imagenet_classifier(variant_name: str = "lite0") -> LiteClassifier:
+def imagenet_classifier(variant_name: str = "lite0") -> EncoderWithHead:
     """The full ImageNet-1k classifier (for known-answer checks); eval mode."""
     if variant_name not in VARIANTS:
         raise ValueError(f"unknown EfficientNet-Lite variant {variant_name!r}; choose from {sorted(VARIANTS)}")
@@ -270,7 +259,7 @@ def imagenet_classifier(variant_name: str = "lite0") -> LiteClassifier:
     trunk, head, provenance = load_imagenet(variant)
     encoder = Encoder(f"efficientnet-{variant.name}", trunk, GlobalAvgPool(), FEATURE_DIM,
                       lite_preprocessing(variant), provenance)
-    return LiteClassifier(encoder, head).eval()
+    return EncoderWithHead(encoder, head).eval()  # logits [N, 1000]
 
 
 def random_encoder(variant: LiteVariant, name: str, options: LoadOptions, seed: int = 0) -> Encoder:

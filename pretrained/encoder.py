@@ -60,6 +60,18 @@ class GlobalAvgPool(nn.Module):
         return x.mean(dim=(2, 3))
 
 
+class EncoderWithHead(nn.Module):
+    """``head(encoder(x))``: [N, 3, H, W] -> [N, out]. A classifier (linear head) or a contrastive model
+    (projection head); the state dict keys are ``encoder.*`` and ``head.*``."""
+
+    def __init__(self, encoder: Encoder, head: nn.Module):
+        super().__init__()
+        self.encoder, self.head = encoder, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x))
+
+
 @dataclass
 class LoadOptions:
     """What a user can say about how to load weights (CLI flags)."""

@@ -1,10 +1,8 @@
-"""The network trained by contrastive pretraining: an Encoder (trunk + pool) plus a projection head."""
+"""The projection head of contrastive pretraining; the trained network is ``EncoderWithHead(encoder, head)``."""
 from __future__ import annotations
 
 import torch
 from torch import nn
-
-from pretrained.encoder import Encoder
 
 
 class ProjectionHead(nn.Sequential):
@@ -16,18 +14,6 @@ class ProjectionHead(nn.Sequential):
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int):
         super().__init__(nn.Linear(in_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
                          nn.Linear(hidden_dim, out_dim))
-
-
-class ContrastiveModel(nn.Module):
-    """x [N, 3, H, W] (normalised network input) -> projections z [N, out]."""
-
-    def __init__(self, encoder: Encoder, head: ProjectionHead):
-        super().__init__()
-        self.encoder = encoder
-        self.head = head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(x))
 
 
 def build_head(feature_dim: int, hidden_dim: int | None, out_dim: int, seed: int) -> ProjectionHead:

@@ -32,13 +32,13 @@ from torch import nn
 from benchmark.atomic import atomic_torch_save
 from datasets.base import ImageDataset
 from pretrained.architectures import state_fingerprint
-from pretrained.encoder import Encoder, LoadOptions
+from pretrained.encoder import Encoder, EncoderWithHead, LoadOptions
 from pretrained.registry import ENCODERS
 from pretrained.ssl import distributed
 from pretrained.ssl.augment import AugmentConfig, simclr_view
 from pretrained.ssl.data import batch_plan, decode_images, epoch_order, rank_shards
 from pretrained.ssl.losses import nt_xent, supcon
-from pretrained.ssl.model import ContrastiveModel, build_head
+from pretrained.ssl.model import build_head
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ def pretrain(config: PretrainConfig, data: PretrainData, work_dir: Path, *, devi
     encoder = build_init_encoder(config, load_options or LoadOptions())
     init_facts = {"init": config.init, "init_weights_sha256": encoder.provenance.get("weights_sha256"),
                   "init_source": encoder.provenance.get("source")}
-    model = ContrastiveModel(encoder, build_head(encoder.feature_dim, config.projection_hidden,
+    model = EncoderWithHead(encoder, build_head(encoder.feature_dim, config.projection_hidden,
                                                  config.projection_dim, config.seed))
     model.to(device)
     if device.type == "cuda":
