@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -10,7 +11,8 @@ from torch import nn
 
 from benchmark.runner import Cell, Runner, RunSettings
 from benchmark.testing import TinyConvTrunk
-from datasets.base import ArrayImageDataset
+from datasets.base import ArrayImageDataset, DatasetSpec
+from datasets.registry import DATASETS
 from evaluators.base import ExtractionSettings
 from pretrained.architectures import state_fingerprint
 from pretrained.encoder import Encoder, GlobalAvgPool
@@ -78,6 +80,17 @@ def array_dataset(n: int = 40, size: int = 32, seed: int = 0, groups_of: int = 1
                           "group": [f"g{i // groups_of:03d}" for i in range(n)]})
     cls = BoxedDataset if boxed else ArrayImageDataset
     return cls("test-array", table, ["a", "b"], images)
+
+
+def registered_array_dataset(name: str, **kwargs) -> Iterator[None]:
+    """Generator for a fixture: ``array_dataset(**kwargs)`` registered as ``name`` for one test."""
+    def build(root, options):
+        dataset = array_dataset(**kwargs)
+        dataset.name = name
+        return dataset
+    DATASETS.add(name, DatasetSpec(name=name, build=build, needs_root=False), origin="test")
+    yield
+    DATASETS.remove(name)
 
 
 def run_cell(results_dir: Path, encoder: str, dataset: str, evaluator: str, overrides: dict | None = None,

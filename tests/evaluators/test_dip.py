@@ -8,14 +8,12 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from datasets.base import DatasetSpec
-from datasets.registry import DATASETS
 from evaluators.dip import invert_features
 from evaluators.dip_generator import SkipGenerator, noise_side
 from evaluators.image_quality import LPIPSScorer, lpips_unavailable_reason, psnr, ssim
 from evaluators.probe_common import frozen
 from pretrained.preprocessing import Preprocessing
-from tests.probe_helpers import array_dataset, make_encoder, run_cell, smooth_images, one_thread
+from tests.probe_helpers import make_encoder, registered_array_dataset, run_cell, smooth_images, one_thread
 
 single_thread = pytest.fixture(autouse=True)(one_thread)
 
@@ -86,13 +84,7 @@ def test_lpips_is_reported_unavailable_not_faked():
 
 @pytest.fixture
 def dip_dataset():
-    def build(root, options):
-        dataset = array_dataset(40)
-        dataset.name = "dip-array"
-        return dataset
-    DATASETS.add("dip-array", DatasetSpec(name="dip-array", build=build, needs_root=False), origin="test")
-    yield
-    DATASETS.remove("dip-array")
+    yield from registered_array_dataset("dip-array", n=40)
 
 
 def test_dip_evaluator(results_dir, tiny_encoder, dip_dataset):

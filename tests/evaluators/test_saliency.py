@@ -9,13 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from datasets.base import DatasetSpec
-from datasets.registry import DATASETS
 from evaluators.saliency import load_head
 from evaluators.saliency_methods import (MissingDependencyError, attentive_diffusion, box_share, box_to_input,
                                          class_saliency, occlusion_map, windows_per_image)
 from pretrained.preprocessing import Preprocessing
-from tests.probe_helpers import array_dataset, make_encoder, run_cell, one_thread
+from tests.probe_helpers import make_encoder, registered_array_dataset, run_cell, one_thread
 
 single_thread = pytest.fixture(autouse=True)(one_thread)
 
@@ -147,13 +145,7 @@ def test_load_head_checks_shapes(tmp_path):
 
 @pytest.fixture
 def boxed_dataset():
-    def build(root, options):
-        dataset = array_dataset(40, boxed=True)
-        dataset.name = "boxed-array"
-        return dataset
-    DATASETS.add("boxed-array", DatasetSpec(name="boxed-array", build=build, needs_root=False), origin="test")
-    yield
-    DATASETS.remove("boxed-array")
+    yield from registered_array_dataset("boxed-array", n=40, boxed=True)
 
 
 def test_saliency_evaluator_with_boxes_and_class_maps(results_dir, tiny_encoder, boxed_dataset):
