@@ -171,7 +171,10 @@ def _differing_options(path: Path, options: dict) -> list[str]:
     """Option names whose value in the record at ``path`` differs from ``options`` (JSON-normalised)."""
     recorded = json.loads(path.read_text()).get("protocol", {}).get("options", {})
     current = json.loads(json.dumps(options, default=str))
-    return sorted(key for key in set(recorded) | set(current) if recorded.get(key) != current.get(key))
+
+    def canonical(value: Any) -> str:  # text, so that NaN equals NaN and key order does not matter
+        return json.dumps(value, sort_keys=True)
+    return sorted(key for key in set(recorded) | set(current) if canonical(recorded.get(key)) != canonical(current.get(key)))
 
 
 def _scalar_items(info: dict) -> dict:
