@@ -210,7 +210,7 @@ def run_medmnist_v2(context: EvalContext, options: dict) -> EvalOutput:
                                                                     for f in options["milestones"]],
                   "best_epochs": [s["best_epoch"] for s in per_seed], "split_source": context.splits.source,
                   "n_train": int(len(rows["train"])), "n_val": int(len(rows["val"])), "n_test": int(len(test_y))},
-        extra={"per_seed": per_seed},
+        extra={"per_seed": per_seed, "md5": dataset.info.get("md5")},
         cost={"seconds": seconds, "train_images_per_second":
               seeds * int(options["epochs"]) * len(rows["train"]) / max(seconds, 1e-9)})
 
