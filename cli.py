@@ -118,15 +118,43 @@ def common_run_options(func: Callable) -> Callable:
     return func
 
 
+def _check_locations(results_dir: Path, cache_dir: Path | None, *, write: bool = True) -> None:
+    """Before any compute: the results and cache folders are folders that accept files (one-line errors).
+
+    ``write=False`` (dry runs) only checks that neither names a file, and creates nothing.
+    """
+    from benchmark.atomic import check_writable_folder
+    from benchmark.cache import default_cache_dir
+    for path, hint in ((results_dir, "--results"), (cache_dir or default_cache_dir(), "--cache-dir")):
+        try:
+            if write:
+                check_writable_folder(path)
+            elif Path(path).exists() and not Path(path).is_dir():
+                raise ValueError(f"{path} is a file, not a folder; name a folder")
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint=hint) from None
+
+
+def _use_cache_dir(cache_dir: Path | None) -> None:
+    """Every cache of this command (features, renders, recipes, sha256/md5 memos) goes under ``cache_dir``."""
+    from benchmark.cache import cache_dir_override
+    context = click.get_current_context(silent=True)
+    if cache_dir is not None and context is not None:
+        context.with_resource(cache_dir_override(cache_dir))
+
+
 def _settings(results_dir: Path, cache_dir: Path | None, no_cache: bool, device: str, weights_dir: Path | None,
               trust_checkpoint: bool, batch_size: int, workers: int | None, image_size: int | None, seed: int,
-              split_file: Path | None, overwrite: bool, roots: dict[str, Path], dataset_options: dict[str, dict]):
+              split_file: Path | None, overwrite: bool, roots: dict[str, Path], dataset_options: dict[str, dict],
+              write: bool = True):
     from benchmark.device import resolve_device
     from benchmark.features import default_cache_dir
     from benchmark.runner import RunSettings
     from evaluators.base import ExtractionSettings
     from pretrained.encoder import LoadOptions
     from benchmark import distributed
+    _check_locations(results_dir, cache_dir, write=write)
+    _use_cache_dir(cache_dir)
     try:
         torch_device = resolve_device(device)
     except (ValueError, RuntimeError) as error:
@@ -158,7 +186,7 @@ def _print_outcome(outcome) -> None:
     if not is_main_process():  # under torchrun only rank 0 reports
         return
     if outcome.status == "skipped":
-        click.echo(f"skipped (record exists, use --overwrite to recompute): {outcome.path}")
+        click.echo(f"skipped (record exists with this protocol; --overwrite recomputes): {outcome.path}")
         return
     record = outcome.record
     primary = record.metrics[record.primary_metric]
@@ -522,10 +550,10 @@ def run_evaluator_command(evaluator: str, model: str, dataset: str, root: Path |
     checkpoint, key_prefix = common.pop("checkpoint"), common.pop("key_prefix")
 
     def action():
-        model_name = _resolve_local_model(model, checkpoint, key_prefix)
         dataset_name = DATASETS.resolve(dataset)
         settings = _settings(roots={dataset_name: root} if root else {},
                              dataset_options={dataset_name: _parse_pairs(dataset_option, "--dataset-option")}, **common)
+        model_name = _resolve_local_model(model, checkpoint, key_prefix)
         return Runner(settings).run(Cell(model_name, dataset_name, evaluator, preset=preset, overrides=overrides,
                                          variant=variant))
     _print_outcome(_run_user_action(action))
@@ -669,6 +697,8 @@ def run_pretrain_command(method: str, dataset: str, root: Path | None, dataset_o
         check_new_local_name(name)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--name") from None
+    _check_locations(results_dir, cache_dir)
+    _use_cache_dir(cache_dir)
     torch_device, context = _pretrain_device(device)
     options = LoadOptions(weights_dir=str(weights_dir) if weights_dir else None, trust_checkpoint=trust_checkpoint)
 
@@ -728,6 +758,7 @@ def pretrain_recipe(name: str, results_dir: Path, device: str, verbose: int) -> 
     from pretrained.ssl.recipes import RECIPES, ensure_recipe
     if name not in RECIPES:
         raise click.BadParameter(f"unknown recipe '{name}'; recipes: {', '.join(sorted(RECIPES))}", param_hint="NAME")
+    _check_locations(results_dir, None)
     torch_device, context = _pretrain_device(device)
     sidecar = _run_user_action(lambda: ensure_recipe(name, results_dir=results_dir, device=torch_device,
                                                      on_epoch_end=_epoch_reporter(context, RECIPES[name].epochs)))
@@ -815,18 +846,25 @@ def reproduce(protocol: str, dataset: str | None, all_sets: bool, root: Path | N
 
 
 @cli.command()
-@click.option("--results", "results_dir", type=click.Path(path_type=Path), default=DEFAULT_RESULTS, show_default=True,
-              help="Results folder to aggregate.")
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Markdown file (CSV written beside it).")
+@click.option("--results", "results_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=DEFAULT_RESULTS, show_default=True, help="Results folder to aggregate (must exist).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Markdown file (CSV written beside it).")
 @click.option("--print/--no-print", "show", default=True, help="Print the markdown.")
 def leaderboard(results_dir: Path, out: Path | None, show: bool) -> None:
-    """Aggregate result records into markdown and CSV leaderboards."""
+    """Aggregate result records into markdown and CSV leaderboards (unreadable records are reported and skipped)."""
+    from benchmark.atomic import check_writable_folder
     from benchmark.leaderboard import write_leaderboard
+    try:
+        check_writable_folder(out.parent if out else results_dir, create=out is not None)
+    except ValueError as error:
+        raise click.BadParameter(f"{error} (or pass --out FILE elsewhere)" if out is None else str(error),
+                                 param_hint="--out" if out else "--results") from None
     markdown, csv, board = write_leaderboard(results_dir, out)
     if show:
         click.echo(markdown.read_text())
     for path, reason in board.errors:
-        click.echo(f"warning: skipped corrupt record {path}: {reason}", err=True)
+        click.echo(f"warning: skipped unreadable record {path}: {reason}", err=True)
     click.echo(f"wrote {markdown} and {csv}", err=True)
 
 
@@ -836,47 +874,77 @@ def leaderboard(results_dir: Path, out: Path | None, show: bool) -> None:
 @click.option("--evaluator", "evaluators_", multiple=True, help="Evaluators (default: every one with a main-job preset).")
 @click.option("--root", "roots", multiple=True, help="NAME=DIR for datasets that need files.")
 @click.option("--shard", default=None, help="Run shard I/N of the cell list (0-based), e.g. for a SLURM array.")
-@click.option("--dry-run", is_flag=True, help="List the cells and whether they are done, run nothing.")
+@click.option("--dry-run", is_flag=True,
+              help="List each cell and what a run would do (run, skip, recompute, refuse: with why); run nothing.")
 @common_run_options
 def benchmark(models_, datasets_, evaluators_, roots, shard, dry_run, **common) -> None:
     """The main job: encoders x datasets x evaluators into records, then the leaderboard.
 
-    Finished cells are skipped, so a killed run resumes where it stopped. Without --image-size the
-    main job runs every encoder at 128 px (the embedded data's resolution, and a 2-core CPU budget);
-    pass --image-size 0 for each encoder's native resolution.
+    A cell whose record was made under the same protocol is skipped, so a killed run resumes where
+    it stopped; a record of another protocol under the same name is refused before any compute
+    (--overwrite replaces it). Concurrent runs on one --results folder share the cells. Without
+    --image-size the main job runs every encoder at 128 px (the embedded data's resolution, and a
+    2-core CPU budget; records of variant <preset>-128px); pass --image-size 0 for each encoder's
+    native resolution.
     """
     _setup_logging(common.pop("verbose"))
     checkpoint, key_prefix = common.pop("checkpoint"), common.pop("key_prefix")
-    models_ = tuple(_run_user_action(lambda: [_resolve_local_model(m, checkpoint, key_prefix) for m in models_]))
+    # every argument is checked before anything slow (recipe pretraining, planning, extraction)
+    shard_spec = _parse_shard(shard)
+    root_map = {k: Path(v) for k, v in _parse_pairs(roots, "--root").items()}
     if common["image_size"] is None:
         common["image_size"] = MAIN_JOB_IMAGE_SIZE
     elif common["image_size"] == 0:
         common["image_size"] = None
     from benchmark.leaderboard import write_leaderboard
-    from benchmark.main_job import plan_cells, prepare_recipe_encoders
-    from benchmark.records import record_exists
+    from benchmark.main_job import plan_cells, prepare_recipe_encoders, recipe_exclusions
     from benchmark.runner import Runner, shard_cells
-    settings = _run_user_action(lambda: _settings(roots={k: Path(v) for k, v in _parse_pairs(roots, "--root").items()},
-                                                  dataset_options={}, **common))
-    runner = Runner(settings)
-    excluded = _run_user_action(lambda: prepare_recipe_encoders(list(models_), runner, dry_run=dry_run,
-                                                                report=lambda line: click.echo(line, err=True)))
+    settings = _run_user_action(lambda: _settings(roots=root_map, dataset_options={}, write=not dry_run, **common))
+    models_ = tuple(_run_user_action(lambda: [_resolve_local_model(m, checkpoint, key_prefix) for m in models_]))
+    runner = Runner(settings, read_only=dry_run)
+
+    def report(line: str) -> None:
+        click.echo(line, err=True)
+    excluded = _run_user_action(lambda: recipe_exclusions(list(models_), runner, report=report))
     cells = _run_user_action(lambda: plan_cells(list(models_), list(datasets_), list(evaluators_), settings.load_options,
                                                 exclude=excluded))
-    cells = shard_cells(cells, _parse_shard(shard))
+    cells = shard_cells(cells, shard_spec)
+    plans = [_run_user_action(lambda: runner.plan(cell)) for cell in cells]  # before any compute
     click.echo(f"{len(cells)} cell(s); results in {settings.results_dir}", err=True)
-    for number, cell in enumerate(cells, 1):
-        identity = _run_user_action(lambda: runner.identity(cell))
-        if dry_run:
-            done = record_exists(settings.results_dir, identity)
-            click.echo(f"[{'done' if done else 'todo'}] {identity.evaluator}/{identity.variant} {identity.encoder} on {identity.dataset}")
+    to_compute = [plan.identity.encoder for plan in plans if plan.action in ("run", "recompute")]
+    if dry_run:
+        for plan in plans:
+            identity = plan.identity
+            why = f": {plan.reason}" if plan.reason else ""
+            click.echo(f"[{plan.action}] {identity.evaluator}/{identity.variant} {identity.encoder} on {identity.dataset}{why}")
+        _run_user_action(lambda: prepare_recipe_encoders(to_compute, runner, dry_run=True, report=report))
+        counts = {action: sum(plan.action == action for plan in plans) for action in ("run", "skip", "recompute", "refuse")}
+        click.echo(", ".join(f"{n} {action}" for action, n in counts.items()), err=True)
+        return
+    refused = [plan for plan in plans if plan.action == "refuse"]
+    if refused:
+        more = f" ({len(refused) - 1} more cell(s) refused; list them with --dry-run)" if len(refused) > 1 else ""
+        raise click.UsageError(refused[0].reason + more)
+    _run_user_action(lambda: prepare_recipe_encoders(to_compute, runner, report=report))
+    deferred = []
+    for number, plan in enumerate(plans, 1):
+        identity = plan.identity
+        click.echo(f"[{number}/{len(plans)}] {identity.evaluator}/{identity.variant} {identity.encoder} on "
+                   f"{identity.dataset}", err=True)
+        outcome = _run_user_action(lambda: runner.run(plan.cell, wait=False))
+        if outcome.status == "busy":  # another run on this results folder is computing it
+            click.echo("  another run is computing this cell; back to it at the end", err=True)
+            deferred.append(plan)
             continue
-        click.echo(f"[{number}/{len(cells)}] {identity.evaluator} {identity.encoder} on {identity.dataset}", err=True)
-        _print_outcome(_run_user_action(lambda: runner.run(cell)))
+        _print_outcome(outcome)
+    for plan in deferred:
+        _print_outcome(_run_user_action(lambda: runner.run(plan.cell, wait=True)))
     from benchmark.distributed import is_main_process
-    if not dry_run and is_main_process():
+    if is_main_process():
         markdown, csv, board = write_leaderboard(settings.results_dir)
         click.echo(markdown.read_text())
+        for path, reason in board.errors:
+            click.echo(f"warning: skipped unreadable record {path}: {reason}", err=True)
         click.echo(f"wrote {markdown} and {csv}", err=True)
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -22,18 +22,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from benchmark import distributed
 from benchmark.atomic import atomic_write
+from benchmark.cache import CACHE_ENV, default_cache_dir  # noqa: F401  (re-exported: callers import them from here)
 from benchmark.device import autocast_dtype, default_workers
 from datasets.base import DatasetError, ImageDataset, UnreadableImageError
 from pretrained.encoder import Encoder
 
 log = logging.getLogger(__name__)
 
-CACHE_ENV = "MEDTRANSFER_CACHE"
 FEATURE_FORMAT_VERSION = 1
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV, "~/.cache/medtransfer")).expanduser()
 
 
 @dataclass
@@ -195,15 +191,19 @@ def _read_cache(path: Path, key: dict) -> tuple[np.ndarray, dict] | None:
             stored_key = json.loads(str(data["key"]))
             meta = json.loads(str(data["meta"]))
             x = data["x"]
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:  # truncated, foreign, old format
         log.warning("ignoring unreadable feature cache %s (%s); re-extracting", path, error)
         return None
-    if stored_key != key or x.shape[0] != key["n_images"]:
+    if stored_key != key or x.ndim != 2 or x.shape[0] != key["n_images"]:
         log.warning("feature cache %s does not match its key; re-extracting", path)
         return None
     return x, meta
 
 
 def _write_cache(path: Path, key: dict, x: np.ndarray, meta: dict) -> None:
-    atomic_write(path, lambda handle: np.savez(handle, x=x, key=np.array(json.dumps(key, sort_keys=True)),
-                                               meta=np.array(json.dumps(meta))))
+    """Best effort: a cache that cannot be written (full disk, read-only) costs a warning, not the run."""
+    try:
+        atomic_write(path, lambda handle: np.savez(handle, x=x, key=np.array(json.dumps(key, sort_keys=True)),
+                                                   meta=np.array(json.dumps(meta))))
+    except OSError as error:
+        log.warning("cannot write the feature cache %s (%s); features will be extracted again next time", path, error)

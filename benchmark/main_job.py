@@ -29,30 +29,36 @@ def default_encoders(options: LoadOptions) -> list[str]:
     return chosen
 
 
-def prepare_recipe_encoders(encoders: list[str], runner: Runner, *, dry_run: bool = False,
-                            report: Callable[[str], None] = log.info) -> list[str]:
-    """Make the built-in recipe encoders this run uses (e.g. ``resnet18-simclr-synthderm``) when missing.
-
-    A recipe encoder is used when named in ``encoders``, or, with no names given, when it is a
-    default encoder. Pretraining runs once (its checkpoint is kept in the cache; a killed run
-    resumes). Returns the recipe encoders to leave out: those whose pretraining images could
-    overlap this run's evaluation splits (another ``--seed`` or ``--split-file``).
-    """
+def recipe_exclusions(encoders: list[str], runner: Runner, report: Callable[[str], None] = log.info) -> list[str]:
+    """The built-in recipe encoders to leave out of this run: those whose pretraining images could
+    overlap this run's evaluation splits (another ``--seed`` or ``--split-file``). Computes nothing heavy."""
     from datasets.splits import resolve_splits
-    from pretrained.ssl.recipes import RECIPES, ensure_recipe, recipe_status
-    wanted = [ENCODERS.resolve(e) for e in encoders] or [n for n, s in ENCODERS.items() if s.default_in_benchmark]
+    from pretrained.ssl.recipes import RECIPES
     excluded = []
-    for name in (n for n in wanted if n in RECIPES):
+    for name in (n for n in _wanted(encoders) if n in RECIPES):
         config = RECIPES[name]
         dataset = runner.dataset(config.dataset)
-        recipe_split = resolve_splits(dataset, runner.settings.results_dir, seed=config.split_seed)
+        recipe_split = resolve_splits(dataset, runner.settings.results_dir, seed=config.split_seed,
+                                      save=not runner.read_only)
         if runner.splits(config.dataset).sha256 != recipe_split.sha256:
             report(f"leaving out {name}: it was pretrained on the split of seed {config.split_seed}, which differs "
                    f"from this run's {dataset.name} splits (its pretraining images could be test images here)")
             excluded.append(name)
+    return excluded
+
+
+def prepare_recipe_encoders(encoders: list[str], runner: Runner, *, dry_run: bool = False,
+                            report: Callable[[str], None] = log.info) -> None:
+    """Make the built-in recipe encoders among ``encoders`` (e.g. ``resnet18-simclr-synthderm``) when missing.
+
+    Call it with the encoders of the cells that will compute (not those skipped). Pretraining runs
+    once (its checkpoint is kept in the cache folder; a killed run resumes).
+    """
+    from pretrained.ssl.recipes import RECIPES, ensure_recipe, recipe_status
+    for name in dict.fromkeys(ENCODERS.resolve(e) for e in encoders):
+        if name not in RECIPES or recipe_status(name).present:
             continue
-        if recipe_status(name).present:
-            continue
+        config = RECIPES[name]
         if dry_run:
             report(f"[todo] pretrain {name} ({config.method}, {config.epochs} epochs on the {config.dataset} train split)")
             continue
@@ -60,7 +66,10 @@ def prepare_recipe_encoders(encoders: list[str], runner: Runner, *, dry_run: boo
                f"train split at {config.image_size} px; resumes if killed)")
         ensure_recipe(name, results_dir=runner.settings.results_dir, device=runner.settings.extraction.device,
                       on_epoch_end=lambda epoch, loss, n=config.epochs: report(f"  epoch {epoch}/{n}: loss {loss:.4f}"))
-    return excluded
+
+
+def _wanted(encoders: list[str]) -> list[str]:
+    return [ENCODERS.resolve(e) for e in encoders] or [n for n, s in ENCODERS.items() if s.default_in_benchmark]
 
 
 def plan_cells(encoders: list[str], datasets: list[str], evaluators: list[str], options: LoadOptions,

@@ -2,7 +2,9 @@
 
 A record holds identity, schema version, metrics (value, CI, per-seed values), the primary
 metric, the resolved protocol and its hash, and provenance. A killed run loses at most the cell
-in flight; a rerun skips cells whose record exists (unless overwriting).
+in flight; a rerun skips a cell only when its record was made under the same protocol (the
+runner compares protocol hashes). Records are validated strictly when read: a corrupt or foreign
+file is a :class:`RecordError` naming the broken field, never a half-read record.
 """
 from __future__ import annotations
 
@@ -22,6 +24,12 @@ from benchmark.atomic import atomic_write_text
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+_REQUIRED = ("identity", "metrics", "primary_metric", "protocol", "provenance")
+_OPTIONAL = ("subgroups", "extra", "schema_version", "protocol_hash")
+
+
+class RecordError(ValueError):
+    """A record file that is not a valid result record (corrupt, truncated, foreign or another schema)."""
 
 
 @dataclass(frozen=True)
@@ -51,16 +59,69 @@ class ResultRecord:
             raise ValueError(f"primary metric '{self.primary_metric}' not among metrics {sorted(self.metrics)}")
 
     def to_json(self) -> dict:
-        return _jsonable(asdict(self))
+        return jsonable(asdict(self))
 
     @classmethod
-    def from_json(cls, data: dict) -> "ResultRecord":
-        if data.get("schema_version") != SCHEMA_VERSION:
-            raise ValueError(f"schema version {data.get('schema_version')} is not {SCHEMA_VERSION}")
+    def from_json(cls, data: Any) -> "ResultRecord":
+        """Validate ``data`` (parsed JSON) strictly and build the record; :class:`RecordError` says what is wrong."""
+        _validate(data)
         data = dict(data)
         data["identity"] = Identity(**data["identity"])
         data.pop("protocol_hash", None)  # always recomputed from the protocol itself
         return cls(**data)
+
+
+def _validate(data: Any) -> None:
+    if not isinstance(data, dict):
+        raise RecordError(f"a record is a JSON object, this file holds a {type(data).__name__}")
+    if data.get("schema_version") != SCHEMA_VERSION:
+        raise RecordError(f"schema version {data.get('schema_version')!r} is not {SCHEMA_VERSION}")
+    missing = [key for key in _REQUIRED if key not in data]
+    unknown = sorted(set(data) - set(_REQUIRED) - set(_OPTIONAL))
+    if missing or unknown:
+        raise RecordError(f"missing keys {missing}" if missing else f"unknown keys {unknown}")
+    identity = data["identity"]
+    if not isinstance(identity, dict) or set(identity) - {"encoder", "dataset", "evaluator", "variant"} \
+            or not all(isinstance(identity.get(k), str) and identity.get(k) for k in ("encoder", "dataset", "evaluator")) \
+            or not isinstance(identity.get("variant", "default"), str):
+        raise RecordError(f"identity must be {{encoder, dataset, evaluator[, variant]}} strings, got {identity!r:.120}")
+    for key in ("protocol", "provenance", "subgroups", "extra"):
+        if not isinstance(data.get(key, {}), dict):
+            raise RecordError(f"'{key}' must be an object, got {type(data[key]).__name__}")
+    metrics = data["metrics"]
+    if not isinstance(metrics, dict) or not metrics:
+        raise RecordError("'metrics' must be a non-empty object of name -> {value, ci}")
+    for name, entry in metrics.items():
+        if not isinstance(entry, dict) or "value" not in entry:
+            raise RecordError(f"metric '{name}' must be an object with a 'value', got {entry!r:.60}")
+        if not _number_or_null(entry["value"]) or not _number_or_null(entry.get("sd")):
+            raise RecordError(f"metric '{name}': value and sd must be numbers or null")
+        ci = entry.get("ci")
+        if ci is not None and not (isinstance(ci, list) and len(ci) == 2 and all(_number_or_null(v) for v in ci)):
+            raise RecordError(f"metric '{name}': ci must be null or [low, high], got {ci!r:.60}")
+    if not isinstance(data["primary_metric"], str) or data["primary_metric"] not in metrics:
+        raise RecordError(f"primary metric {data['primary_metric']!r:.60} is not among the metrics")
+    detail = data.get("extra", {}).get("detail_metrics")
+    if detail is not None and not (isinstance(detail, list) and all(isinstance(d, str) for d in detail)):
+        raise RecordError("extra.detail_metrics must be a list of metric names")
+
+
+def _number_or_null(value: Any) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def read_record(path: Path) -> ResultRecord:
+    """The record at ``path``; :class:`RecordError` when it cannot be read or is not a valid record."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as error:  # ValueError: bad JSON or bad UTF-8
+        raise RecordError(f"cannot read it as JSON ({type(error).__name__}: {error})") from None
+    try:
+        return ResultRecord.from_json(data)
+    except RecordError:
+        raise
+    except (TypeError, ValueError, KeyError) as error:  # e.g. a primary metric check in __post_init__
+        raise RecordError(f"{type(error).__name__}: {error}") from None
 
 
 def protocol_hash(protocol: dict) -> str:
@@ -71,7 +132,7 @@ def protocol_hash(protocol: dict) -> str:
     under one protocol.
     """
     hashed = {key: value for key, value in protocol.items() if key != "resolved"}
-    text = json.dumps(_jsonable(hashed), sort_keys=True)
+    text = json.dumps(jsonable(hashed), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -97,28 +158,58 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 
 def record_exists(results_dir: Path, identity: Identity) -> bool:
-    """True when a readable record for ``identity`` is on disk (a corrupt one counts as absent)."""
+    """True when a valid record for ``identity`` is on disk (a corrupt one counts as absent)."""
     path = record_path(results_dir, identity)
     if not path.is_file():
         return False
     try:
-        ResultRecord.from_json(json.loads(path.read_text()))
-    except (ValueError, TypeError, KeyError):
-        log.warning("record %s is corrupt; the cell will be recomputed", path)
+        read_record(path)
+    except RecordError as error:
+        log.warning("record %s is unreadable (%s); the cell will be recomputed", path, error)
         return False
     return True
 
 
 def load_records(results_dir: Path) -> tuple[list[ResultRecord], list[tuple[Path, str]]]:
-    """All readable records under ``results_dir/records``, plus (path, reason) for unreadable ones."""
+    """All valid records under ``results_dir/records``, plus (path, reason) for the others (reported, skipped)."""
     records, errors = [], []
     root = Path(results_dir) / "records"
     for path in sorted(root.rglob("*.json")) if root.is_dir() else []:
         try:
-            records.append(ResultRecord.from_json(json.loads(path.read_text())))
-        except (OSError, ValueError, TypeError, KeyError) as error:
-            errors.append((path, f"{type(error).__name__}: {error}"))
+            records.append(read_record(path))
+        except RecordError as error:
+            errors.append((path, str(error)))
     return records, errors
+
+
+def protocol_differences(recorded: dict, planned: dict, limit: int = 4) -> list[str]:
+    """``field: recorded -> planned`` for each hashed protocol field that differs (dotted paths, ``resolved`` ignored)."""
+    out: list[str] = []
+
+    def walk(a: Any, b: Any, where: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b)):
+                if not where and key == "resolved":
+                    continue
+                walk(a.get(key, _ABSENT), b.get(key, _ABSENT), f"{where}.{key}" if where else str(key))
+        elif _canonical(a) != _canonical(b):
+            out.append(f"{where}: {_short(a)} -> {_short(b)}")
+    walk(jsonable(recorded), jsonable(planned), "")
+    return out[:limit] + ([f"{len(out) - limit} more"] if len(out) > limit else [])
+
+
+_ABSENT = object()
+
+
+def _canonical(value: Any) -> str:  # text, so that key order does not matter and absent differs from null
+    return "<absent>" if value is _ABSENT else json.dumps(value, sort_keys=True)
+
+
+def _short(value: Any) -> str:
+    text = _canonical(value)
+    if isinstance(value, str) and re.fullmatch(r"[0-9a-f]{32,}", value):
+        text = value[:12]
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def metric(value: float, ci: tuple[float, float] | list[float] | None = None, **more: Any) -> dict[str, Any]:
@@ -126,13 +217,14 @@ def metric(value: float, ci: tuple[float, float] | list[float] | None = None, **
     return {"value": float(value), "ci": None if ci is None else [float(ci[0]), float(ci[1])], **more}
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
+    """``obj`` as plain JSON types (numpy scalars and arrays, tuples, paths; NaN -> None)."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
+        return jsonable(obj.tolist())
     if isinstance(obj, (np.integer,)):
         return int(obj)
     if isinstance(obj, (np.floating, float)):

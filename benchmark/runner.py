@@ -1,27 +1,38 @@
 """Running cells (encoder x dataset x evaluator x variant) into result records.
 
-A cell whose record exists is skipped (unless ``overwrite``), so a killed grid resumes where it
-stopped; ``shard=(i, n)`` takes every n-th cell for a SLURM array or any scheduler, all writing
-into one results folder.
+Before any compute a cell is *planned*: its record identity and the protocol it would record
+(options, input-size override, dataset manifest and options, split sha256 and sizes, seed). The
+plan is compared with the record already on disk: same protocol hash -> skip; no record -> run;
+an unreadable record -> recompute (it is replaced); a valid record made under another protocol
+-> refuse (never a silent reuse, never a silent overwrite). Settings that make another experiment
+(``-o`` overrides, an input-size override, a seed, a split file) are part of the variant name, so
+those runs get records of their own and coexist. A cell being computed is claimed with a lock, so
+concurrent runs on one results folder (``--shard i/n``, or two commands) never compute a cell at
+the same time; a killed run releases its claims and loses at most the cell in flight.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
+import os
 import platform
 import subprocess
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
 from benchmark import distributed
-from benchmark.records import Identity, ResultRecord, record_exists, record_path, write_record
+from benchmark.locks import file_lock
+from benchmark.records import (Identity, RecordError, ResultRecord, jsonable, protocol_differences, protocol_hash,
+                               read_record, record_path, write_record)
 from datasets.base import ImageDataset
 from datasets.registry import DATASETS
 from datasets.splits import SplitAssignment, resolve_splits
@@ -33,6 +44,10 @@ from pretrained.registry import ENCODERS
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class RecordConflictError(ValueError):
+    """A cell's record exists but was made under another protocol (the message names what differs)."""
 
 
 @dataclass
@@ -57,32 +72,69 @@ class Cell:
     evaluator: str
     preset: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
-    variant: str | None = None
+    variant: str | None = None  # an explicit record variant name (used verbatim)
 
 
+def variant_name(preset: str | None, overrides: dict[str, Any], *, image_size: int | None = None, seed: int = 0,
+                 split_sha256: str | None = None) -> str:
+    """The record variant of a cell: the preset name (or ``default``), then what makes it another experiment.
 
-def variant_name(preset: str | None, overrides: dict[str, Any]) -> str:
-    """``default`` / the preset name, plus a short hash when options were overridden."""
-    base = preset or "default"
-    if not overrides:
-        return base
-    digest = hashlib.sha256(json.dumps(overrides, sort_keys=True, default=str).encode()).hexdigest()[:8]
-    return f"{base}-{digest}"
+    ``-<hash8>`` of the ``-o`` overrides, ``-<N>px`` for an input-size override, ``-seed<N>`` for a
+    seed other than 0, ``-split<sha8>`` for a user split file; e.g. ``quick-128px``, ``default-1a2b3c4d-seed3``.
+    """
+    parts = [preset or "default"]
+    if overrides:
+        parts.append(hashlib.sha256(json.dumps(overrides, sort_keys=True, default=str).encode()).hexdigest()[:8])
+    if image_size:
+        parts.append(f"{int(image_size)}px")
+    if seed:
+        parts.append(f"seed{seed}")
+    if split_sha256:
+        parts.append(f"split{split_sha256[:8]}")
+    return "-".join(parts)
+
+
+@dataclass
+class CellPlan:
+    """What running ``cell`` would do, decided before any compute.
+
+    ``action``: ``run`` (no record), ``skip`` (the record's protocol matches), ``recompute`` (the
+    record is unreadable, or ``--overwrite``), ``refuse`` (a valid record of another protocol;
+    ``reason`` names what differs and how to fix it).
+    """
+
+    cell: Cell
+    identity: Identity
+    path: Path
+    protocol: dict[str, Any]  # the record's protocol to be, less the run-time "resolved" part
+    action: str
+    reason: str = ""
+    record: ResultRecord | None = None  # the existing record (on rank 0)
+
+    @property
+    def protocol_hash(self) -> str:
+        return protocol_hash(self.protocol)
 
 
 @dataclass
 class CellOutcome:
     cell: Cell
-    status: str  # "done" | "skipped"
+    status: str  # "done" | "skipped" | "busy" (another process holds the cell; only with wait=False)
     path: Path
     record: ResultRecord | None = None
+    plan: CellPlan | None = None
 
 
 class Runner:
-    """Runs cells, reusing datasets, splits and the built encoder between consecutive cells."""
+    """Plans and runs cells, reusing datasets, splits and the built encoder between consecutive cells.
 
-    def __init__(self, settings: RunSettings):
+    ``read_only=True`` (dry runs) plans without writing anything (no split files).
+    """
+
+    def __init__(self, settings: RunSettings, *, read_only: bool = False):
         self.settings = settings
+        self.read_only = read_only
+        self.started = time.time()
         self._datasets: dict[str, ImageDataset] = {}
         self._splits: dict[str, SplitAssignment] = {}
         self._encoders: dict[str, Encoder] = {}
@@ -92,41 +144,104 @@ class Runner:
         if name not in self._datasets:
             spec = DATASETS.get(name)
             root = self.settings.roots.get(name)
-            self._datasets[name] = spec.build(Path(root) if root else None, self.settings.dataset_options.get(name, {}))
+            self._datasets[name] = spec.build(Path(root) if root else None, self.dataset_options(name))
         return self._datasets[name]
+
+    def dataset_options(self, name: str) -> dict[str, Any]:
+        return dict(self.settings.dataset_options.get(DATASETS.resolve(name), {}))
 
     def splits(self, name: str) -> SplitAssignment:
         dataset = self.dataset(name)
         if dataset.name not in self._splits:
             self._splits[dataset.name] = resolve_splits(dataset, self.settings.results_dir, seed=self.settings.seed,
-                                                        split_file=self.settings.split_file)
+                                                        split_file=self.settings.split_file, save=not self.read_only)
         return self._splits[dataset.name]
 
     def identity(self, cell: Cell) -> Identity:
-        """The record identity of ``cell``; the dataset part is the built dataset's name (options included)."""
-        dataset = self.dataset(cell.dataset)
-        return Identity(ENCODERS.resolve(cell.encoder), dataset.name, EVALUATORS.resolve(cell.evaluator),
-                        cell.variant or variant_name(cell.preset, cell.overrides))
+        """The record identity of ``cell``: the built dataset's name, the variant with what distinguishes the run."""
+        return self._identity_and_protocol(cell)[0]
 
-    def run(self, cell: Cell) -> CellOutcome:
-        identity = self.identity(cell)
+    def _identity_and_protocol(self, cell: Cell) -> tuple[Identity, dict[str, Any]]:
+        evaluator = EVALUATORS.resolve(cell.evaluator)
+        options = EVALUATORS.get(evaluator).resolve_options(cell.preset, cell.overrides)
+        dataset, splits = self.dataset(cell.dataset), self.splits(cell.dataset)
+        dataset_facts = {"name": dataset.name, "manifest_sha256": dataset.manifest_hash(), "task": dataset.task,
+                         "classes": dataset.classes, "info": _scalar_items(dataset.info)}
+        dataset_options = self.dataset_options(cell.dataset)
+        if dataset_options:  # only when given, so that the records of runs without any keep their hash
+            dataset_facts["options"] = dataset_options
+        protocol = {
+            "evaluator": evaluator,
+            "options": options,
+            "dataset": dataset_facts,
+            "splits": {"source": "official" if splits.source == "official" else "generated-or-file",
+                       "sha256": splits.sha256, "seed": self.settings.seed,
+                       "sizes": {s: int(len(splits.indices(s))) for s in ("train", "val", "test")}},
+            "image_size_override": self.settings.extraction.image_size,
+        }
+        variant = cell.variant or variant_name(
+            cell.preset, cell.overrides, image_size=self.settings.extraction.image_size, seed=self.settings.seed,
+            split_sha256=splits.sha256 if self.settings.split_file is not None else None)
+        identity = Identity(ENCODERS.resolve(cell.encoder), dataset.name, evaluator, variant)
+        # as it will read back from the record's JSON (tuples -> lists, NaN -> null)
+        return identity, json.loads(json.dumps(jsonable(protocol), default=str))
+
+    def plan(self, cell: Cell) -> CellPlan:
+        """Decide, before any compute, whether ``cell`` runs, is skipped, recomputed or refused."""
+        identity, protocol = self._identity_and_protocol(cell)
         path = record_path(self.settings.results_dir, identity)
+        action, reason, record = self._decide(path, protocol, cell)
+        return CellPlan(cell, identity, path, protocol, action, reason, record)
+
+    def run(self, cell: Cell, *, wait: bool = True) -> CellOutcome:
+        """Run ``cell`` into its record unless its plan says skip (refuse: :class:`RecordConflictError`).
+
+        The cell is claimed first. When another process holds the claim, ``wait=False`` returns a
+        ``busy`` outcome at once; ``wait=True`` waits, then decides again (usually: skip).
+        """
+        plan = self.plan(cell)
+        if plan.action == "refuse":
+            raise RecordConflictError(plan.reason)
+        if plan.action == "skip":
+            log.info("skipping %s: record %s matches", plan.identity, plan.path)
+            return CellOutcome(cell, "skipped", plan.path, plan.record, plan)
+        with self._claim(plan.path, wait) as claimed:
+            if not claimed:
+                return CellOutcome(cell, "busy", plan.path, None, plan)
+            # decided again under the claim: another process may have finished the cell meanwhile
+            action, reason, record = self._decide(plan.path, plan.protocol, cell, fresh_since=self.started)
+            if action == "refuse":
+                raise RecordConflictError(reason)
+            if action == "skip":
+                return CellOutcome(cell, "skipped", plan.path, record, plan)
+            record = self._compute(plan)
+        return CellOutcome(cell, "done", plan.path, record, plan)
+
+    def _decide(self, path: Path, protocol: dict, cell: Cell,
+                fresh_since: float | None = None) -> tuple[str, str, ResultRecord | None]:
+        """Rank 0 reads the record and decides; every rank takes its decision (or collectives would deadlock)."""
+        decision = (decide(path, protocol, overwrite=self.settings.overwrite, explicit_variant=cell.variant is not None,
+                           fresh_since=fresh_since) if distributed.is_main_process() else ("", "", None))
+        action, reason = distributed.broadcast_object(decision[:2])
+        return action, reason, decision[2]
+
+    @contextmanager
+    def _claim(self, path: Path, wait: bool) -> Iterator[bool]:
+        """Hold the cell's claim: a lock file beside its record, held by rank 0 for every rank."""
+        if not distributed.is_main_process():
+            yield distributed.broadcast_object(None)
+            return
+        with file_lock(path.with_name(f".{path.name}.lock"), wait=wait, remove=True) as claimed:
+            yield distributed.broadcast_object(claimed)
+
+    def _compute(self, plan: CellPlan) -> ResultRecord:
+        identity, cell = plan.identity, plan.cell
         spec = EVALUATORS.get(identity.evaluator)
         options = spec.resolve_options(cell.preset, cell.overrides)
-        # under torchrun every rank must take rank 0's decision, or the collectives would deadlock
-        if not self.settings.overwrite and distributed.broadcast_object(record_exists(self.settings.results_dir, identity)):
-            differing = distributed.broadcast_object(
-                _differing_options(path, options) if distributed.is_main_process() else [])
-            if differing:
-                raise ValueError(f"{path} holds a result of {identity.evaluator} with other options "
-                                 f"({', '.join(differing)}) under the same name; pass --overwrite to replace it, "
-                                 f"or write to another --results folder")
-            log.info("skipping %s: record exists at %s", identity, path)
-            return CellOutcome(cell, "skipped", path)
         dataset = self.dataset(cell.dataset)
         splits = self.splits(cell.dataset)
         encoder_spec = ENCODERS.get(identity.encoder)
-        artifacts = self.settings.results_dir / "artifacts" / identity.evaluator / identity.dataset / path.stem
+        artifacts = self.settings.results_dir / "artifacts" / identity.evaluator / identity.dataset / plan.path.stem
         context = EvalContext(encoder_spec, self.settings.load_options, dataset, splits, self.settings.extraction,
                               artifacts, seed=self.settings.seed, encoder_cache=self._encoders,
                               progress=self.settings.progress)
@@ -134,17 +249,8 @@ class Runner:
         output = spec.run(context, options)
         wall = time.perf_counter() - start
         encoder = context.encoder()
-        protocol = {
-            "evaluator": identity.evaluator,
-            "options": options,
-            "resolved": output.resolved,
-            "dataset": {"name": dataset.name, "manifest_sha256": dataset.manifest_hash(), "task": dataset.task,
-                        "classes": dataset.classes, "info": _scalar_items(dataset.info)},
-            "splits": {"source": "official" if splits.source == "official" else "generated-or-file",
-                       "sha256": splits.sha256, "seed": self.settings.seed,
-                       "sizes": {s: int(len(splits.indices(s))) for s in ("train", "val", "test")}},
-            "image_size_override": self.settings.extraction.image_size,
-        }
+        # the protocol planned before the run (what the next run compares with), plus the run-time choices
+        protocol = {**copy.deepcopy(plan.protocol), "resolved": output.resolved}
         provenance = {
             "encoder": encoder.provenance,
             "encoder_kind": encoder_spec.kind,
@@ -164,17 +270,41 @@ class Runner:
                               protocol=protocol, provenance=provenance, subgroups=output.subgroups, extra=output.extra)
         if distributed.is_main_process():  # under torchrun only rank 0 writes
             write_record(record, self.settings.results_dir)
-        return CellOutcome(cell, "done", path, record)
+        return record
 
 
-def _differing_options(path: Path, options: dict) -> list[str]:
-    """Option names whose value in the record at ``path`` differs from ``options`` (JSON-normalised)."""
-    recorded = json.loads(path.read_text()).get("protocol", {}).get("options", {})
-    current = json.loads(json.dumps(options, default=str))
+def decide(path: Path, protocol: dict, *, overwrite: bool = False, explicit_variant: bool = False,
+           fresh_since: float | None = None) -> tuple[str, str, ResultRecord | None]:
+    """(action, reason, existing record) for the record at ``path`` against the planned ``protocol``.
 
-    def canonical(value: Any) -> str:  # text, so that NaN equals NaN and key order does not matter
-        return json.dumps(value, sort_keys=True)
-    return sorted(key for key in set(recorded) | set(current) if canonical(recorded.get(key)) != canonical(current.get(key)))
+    With ``overwrite``, a matching record written after ``fresh_since`` (by a concurrent run with
+    ``--overwrite`` too) is kept rather than computed twice.
+    """
+    if not path.exists():
+        return "run", "", None
+    try:
+        record = read_record(path)
+    except RecordError as error:
+        log.warning("record %s is unreadable (%s); the cell will be recomputed", path, error)
+        return "recompute", f"record unreadable ({error}): recomputed and replaced", None
+    matches = protocol_hash(record.protocol) == protocol_hash(protocol)
+    if overwrite:
+        if matches and fresh_since is not None and _mtime(path) >= fresh_since:
+            return "skip", "written by a concurrent run", record
+        return "recompute", "--overwrite", record
+    if matches:
+        return "skip", "record matches", record
+    differences = "; ".join(protocol_differences(record.protocol, protocol))
+    fix = "pass --overwrite to replace it, or use another --results folder" + (
+        " or another --variant" if explicit_variant else "")
+    return "refuse", f"{path} was made under another protocol ({differences}); {fix}", record
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return 0.0
 
 
 def _scalar_items(info: dict) -> dict:

@@ -8,11 +8,16 @@ relative to the CSV's folder or absolute) and ``label`` (class name); optional `
 
 ``folder``: ``--root DIR`` with ``DIR/<class>/<image>`` or ``DIR/{train,val,test}/<class>/<image>``
 (official splits then). Each image is its own group.
+
+Without ``--dataset-option name=...`` the dataset's name carries a short digest of its manifest
+(``csv-1a2b3c4d``, ``folder-5e6f7a8b``): two different CSVs or folders never share a record, and
+the same files on another machine keep the name.
 """
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 
@@ -78,8 +83,9 @@ def build_csv_dataset(root: Path | None, options: dict) -> FileImageDataset:
         if column not in frame.columns:
             raise DatasetError(f"CSV {path} has no subgroup column '{column}'; columns: {list(frame.columns)}")
         table[column] = frame[column]
-    return FileImageDataset(options.get("name", "csv"), table, classes, task=f"{len(classes)}-class from {path.name}",
-                            subgroup_columns=tuple(subgroups), root=base, info={"source_csv": str(path)})
+    return _content_named(lambda name: FileImageDataset(
+        name, table, classes, task=f"{len(classes)}-class from {path.name}", subgroup_columns=tuple(subgroups),
+        root=base, info={"source_csv": str(path)}), "csv", options)
 
 
 def build_folder_dataset(root: Path | None, options: dict) -> FileImageDataset:
@@ -103,8 +109,16 @@ def build_folder_dataset(root: Path | None, options: dict) -> FileImageDataset:
     classes = sorted(table["class"].unique())
     table["label"] = table["class"].map({c: i for i, c in enumerate(classes)})
     table["group"] = table["image_id"]
-    return FileImageDataset(options.get("name", "folder"), table.drop(columns=["class"]), classes,
-                            task=f"{len(classes)}-class image folder", root=root)
+    table = table.drop(columns=["class"])
+    return _content_named(lambda name: FileImageDataset(name, table, classes, task=f"{len(classes)}-class image folder",
+                                                        root=root), "folder", options)
+
+
+def _content_named(make: Callable[[str], FileImageDataset], base: str, options: dict) -> FileImageDataset:
+    """``make(name)``, named ``options["name"]`` or ``<base>-<manifest sha256[:8]>`` (portable: relative paths, sizes)."""
+    if options.get("name"):
+        return make(str(options["name"]))
+    return make(f"{base}-{make(base).manifest_hash()[:8]}")
 
 
 DATASETS.add("csv", DatasetSpec(

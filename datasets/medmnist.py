@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmark.atomic import atomic_write_text
 from benchmark.features import default_cache_dir
 from datasets.base import SPLITS, ArrayImageDataset, DatasetError, DatasetSpec
 from datasets.common import built_name, check_options, default_data_dir, low_data_settings, primary_metric_for
@@ -102,8 +103,7 @@ def file_md5(path: Path) -> str:
         pass
     digest = md5_of(path)
     try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps({"path": str(path), "md5": digest}))
+        atomic_write_text(cache, json.dumps({"path": str(path), "md5": digest}))  # a kill never leaves half a memo
     except OSError:
         log.debug("cannot cache md5 of %s", path)
     return digest

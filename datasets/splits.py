@@ -81,10 +81,12 @@ def split_file_path(results_dir: Path, dataset: ImageDataset, seed: int, fractio
 
 
 def resolve_splits(dataset: ImageDataset, results_dir: Path, seed: int = 0,
-                   fractions: dict[str, float] | None = None, split_file: Path | None = None) -> SplitAssignment:
+                   fractions: dict[str, float] | None = None, split_file: Path | None = None,
+                   save: bool = True) -> SplitAssignment:
     """Official splits if the dataset has them, else a user split file, else generated and saved.
 
     A val split missing from official splits is carved (grouped, stratified, 20 %) from train.
+    ``save=False`` (dry runs) computes the same assignment without writing a split file.
     """
     fractions = dict(fractions or DEFAULT_FRACTIONS)
     if split_file is not None:
@@ -103,7 +105,8 @@ def resolve_splits(dataset: ImageDataset, results_dir: Path, seed: int = 0,
             assignment = _read_split_file(dataset, path)
         else:
             split = grouped_stratified_split(dataset.labels, dataset.groups, fractions, seed)
-            _write_split_file(dataset, split, path)
+            if save:
+                _write_split_file(dataset, split, path)
             assignment = SplitAssignment(split, f"file:{path}", _sha(split, dataset))
     check_splits(dataset, assignment.split)
     low_data = dataset.info.get("low_data")
@@ -112,7 +115,7 @@ def resolve_splits(dataset: ImageDataset, results_dir: Path, seed: int = 0,
                                 int(low_data["seed"]))
         tag = f"low_data(fraction={low_data['fraction']:g},seed={low_data['seed']})"
         path = Path(results_dir) / "splits" / f"{dataset.name}__{dataset.manifest_hash()[:12]}__{tag}.csv"
-        if not path.is_file():
+        if save and not path.is_file():
             _write_split_file(dataset, split, path)
         assignment = SplitAssignment(split, f"{assignment.source}+{tag}", _sha(split, dataset))
         check_splits(dataset, split)

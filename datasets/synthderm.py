@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -38,19 +39,28 @@ def _cache_file(seed: int, n_lesions: int, image_size: int) -> Path:
 
 
 def load_synthderm_arrays(seed: int, n_lesions: int, image_size: int) -> tuple[np.ndarray, pd.DataFrame]:
-    """Render (or read back from the cache) the images [N, S, S, 3] and their metadata."""
+    """Render (or read back from the cache) the images [N, S, S, 3] and their metadata.
+
+    An unreadable cache file (truncated by a kill, foreign) is rendered again and replaced; a
+    cache that cannot be written costs a warning, not the run.
+    """
     path = _cache_file(seed, n_lesions, image_size)
     if path.is_file():
         try:
             with np.load(path, allow_pickle=False) as data:
                 images = data["images"]
                 meta = pd.DataFrame({k[5:]: data[k] for k in data.files if k.startswith("meta_")})
-            return images, meta
-        except (OSError, ValueError, KeyError):
-            log.warning("synthderm cache %s unreadable; rendering again", path)
+            if images.ndim == 4 and len(images) == len(meta) and "image_id" in meta.columns:
+                return images, meta
+            log.warning("synthderm cache %s does not hold a rendered set; rendering again", path)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+            log.warning("synthderm cache %s unreadable (%s); rendering again", path, error)
     images, meta = generate_synthderm(seed=seed, n_lesions=n_lesions, image_size=image_size)
     columns = {f"meta_{c}": _plain_array(meta[c]) for c in meta.columns}
-    atomic_write(path, lambda handle: np.savez(handle, images=images, **columns))
+    try:
+        atomic_write(path, lambda handle: np.savez(handle, images=images, **columns))
+    except OSError as error:
+        log.warning("cannot write the synthderm cache %s (%s); it will be rendered again next time", path, error)
     return images, meta
 
 

@@ -8,8 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
+
+from benchmark.atomic import atomic_write_text
+from benchmark.cache import default_cache_dir
+from benchmark.locks import file_lock
+
+log = logging.getLogger(__name__)
 
 WEIGHTS_ENV = "MEDTRANSFER_WEIGHTS"
 DEFAULT_WEIGHTS_DIR = Path("~/.cache/medtransfer/weights")
@@ -62,28 +69,36 @@ def require(filename: str, dirs: list[Path], how_to_get: str) -> Path:
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, memoised on (path, size, mtime) in the cache folder's ``sha256.json``."""
+    """Hex sha256 of a file, memoised on (path, size, mtime) in the cache folder's ``sha256.json``.
+
+    The memo is updated under a lock and written atomically (concurrent runs lose no entry); an
+    unreadable memo is ignored and rebuilt, an unwritable one costs only the memoisation.
+    """
     path = Path(path).resolve()
     stat = path.stat()
     memo_key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
-    memo_path = Path(os.environ.get("MEDTRANSFER_CACHE", "~/.cache/medtransfer")).expanduser() / "sha256.json"
-    try:
-        memo = json.loads(memo_path.read_text())
-    except (OSError, ValueError):
-        memo = {}
-    if memo_key in memo:
-        return memo[memo_key]
+    memo_path = default_cache_dir() / "sha256.json"
+    known = _read_memo(memo_path).get(memo_key)
+    if isinstance(known, str):
+        return known
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(chunk):
             digest.update(block)
     value = digest.hexdigest()
-    memo[memo_key] = value
     try:
-        memo_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo_path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(memo))
-        os.replace(tmp, memo_path)
-    except OSError:
-        pass
+        with file_lock(memo_path.with_name(memo_path.name + ".lock")):
+            memo = _read_memo(memo_path)  # again, under the lock: another process may have added entries
+            memo[memo_key] = value
+            atomic_write_text(memo_path, json.dumps(memo))
+    except OSError as error:
+        log.debug("cannot memoise the sha256 of %s in %s: %s", path, memo_path, error)
     return value
+
+
+def _read_memo(path: Path) -> dict:
+    try:
+        memo = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return memo if isinstance(memo, dict) else {}

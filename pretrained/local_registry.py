@@ -26,9 +26,10 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from benchmark.atomic import atomic_write_text
+from benchmark.locks import file_lock
 from pretrained.architectures import DENSENETS
 from pretrained.backbones import Backbone, TimmTrunk, build_backbone, make_encoder
 from pretrained.checkpoint_encoder import checkpoint_provenance, load_state
@@ -287,26 +288,9 @@ def feature_dim_of(arch: str) -> int:
     return twin.feature_dim if twin is not None else build_backbone(arch).feature_dim
 
 
-def _locked(path: Path) -> contextlib.AbstractContextManager[None]:
+def _locked(path: Path) -> contextlib.AbstractContextManager[bool]:
     """Serialise read-modify-write of the registry file between processes."""
     return file_lock(path.with_name(path.name + ".lock"))
-
-
-@contextlib.contextmanager
-def file_lock(lock_path: Path) -> Iterator[None]:
-    """An exclusive inter-process lock on ``lock_path`` (POSIX flock; no-op where fcntl is missing)."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    with open(lock_path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _write_entries(path: Path, entries: dict[str, dict]) -> None:

@@ -79,7 +79,7 @@ def test_a_record_with_other_options_under_the_same_name_is_refused(results_dir,
     settings = RunSettings(results_dir=results_dir, extraction=ExtractionSettings(torch.device("cpu"), None))
     Runner(settings).run(Cell("tiny-cnn", "synthderm-mini", "knn", overrides={"ks": [5], "primary_k": 5}, variant="mine"))
     assert Runner(settings).run(Cell("tiny-cnn", "synthderm-mini", "knn", overrides={"ks": [5], "primary_k": 5}, variant="mine")).status == "skipped"
-    with pytest.raises(ValueError, match=r"other options \(ks, primary_k\).*--overwrite"):
+    with pytest.raises(ValueError, match=r"another protocol \(options.ks: \[5\] -> \[7\]; options.primary_k: 5 -> 7\).*--overwrite"):
         Runner(settings).run(Cell("tiny-cnn", "synthderm-mini", "knn", overrides={"ks": [7], "primary_k": 7}, variant="mine"))
 
 

@@ -64,13 +64,16 @@ def decode_images(dataset: ImageDataset, indices: np.ndarray, size: int, *, gray
             array = np.load(path, allow_pickle=False)
             if array.shape == (len(indices), 3, size, size) and array.dtype == np.uint8:
                 return torch.from_numpy(array)
-        except (OSError, ValueError):
+        except (OSError, ValueError, EOFError):  # truncated by a kill, or foreign
             pass
         log.warning("decoded-image cache %s unreadable; decoding again", path)
     loader = DataLoader(_Decoder(dataset, indices, size, grayscale), batch_size=64, num_workers=num_workers)
     images = torch.cat([batch for batch in loader]) if len(indices) else torch.zeros(0, 3, size, size, dtype=torch.uint8)
     if path is not None:
-        atomic_write(path, lambda handle: np.save(handle, images.numpy()))
+        try:
+            atomic_write(path, lambda handle: np.save(handle, images.numpy()))
+        except OSError as error:
+            log.warning("cannot write the decoded-image cache %s (%s)", path, error)
     return images
 
 

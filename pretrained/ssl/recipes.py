@@ -16,7 +16,8 @@ import torch
 
 from pretrained.checkpoints import MissingWeightsError
 from pretrained.encoder import Encoder, EncoderSpec, LoadOptions, WeightsStatus
-from pretrained.local_registry import build_local_encoder, file_lock
+from benchmark.locks import file_lock
+from pretrained.local_registry import build_local_encoder
 from pretrained.registry import ENCODERS
 from pretrained.ssl.pipeline import ENCODER_FILE, KEY_PREFIX, SIDECAR_FILE, pretrained_dir, read_sidecar, run_pretraining
 from pretrained.ssl.trainer import EpochHook, PretrainConfig, StaleStateError

@@ -62,7 +62,7 @@ def test_file_lock_serialises_two_holders(tmp_path):
     """ensure_recipe relies on it: a second shard waits until the first has pretrained."""
     import threading
     import time
-    from pretrained.local_registry import file_lock
+    from benchmark.locks import file_lock
     events: list[str] = []
 
     def second() -> None:
