@@ -204,6 +204,7 @@ class Runner:
             raise RecordConflictError(plan.reason)
         if plan.action == "skip":
             log.info("skipping %s: record %s matches", plan.identity, plan.path)
+            self._drop_stale_claim(plan.path)
             return CellOutcome(cell, "skipped", plan.path, plan.record, plan)
         with self._claim(plan.path, wait) as claimed:
             if not claimed:
@@ -233,6 +234,13 @@ class Runner:
             return
         with file_lock(path.with_name(f".{path.name}.lock"), wait=wait, remove=True) as claimed:
             yield distributed.broadcast_object(claimed)
+
+    def _drop_stale_claim(self, path: Path) -> None:
+        """Remove the claim file a killed run left beside a finished record (when nobody holds it)."""
+        claim = path.with_name(f".{path.name}.lock")
+        if distributed.is_main_process() and not self.read_only and claim.exists():
+            with file_lock(claim, wait=False, remove=True):
+                pass
 
     def _compute(self, plan: CellPlan) -> ResultRecord:
         identity, cell = plan.identity, plan.cell
