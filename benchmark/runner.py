@@ -190,7 +190,7 @@ class Runner:
         """Decide, before any compute, whether ``cell`` runs, is skipped, recomputed or refused."""
         identity, protocol = self._identity_and_protocol(cell)
         path = record_path(self.settings.results_dir, identity)
-        action, reason, record = self._decide(path, protocol, cell)
+        action, reason, record = self._decide(path, protocol)
         return CellPlan(cell, identity, path, protocol, action, reason, record)
 
     def run(self, cell: Cell, *, wait: bool = True) -> CellOutcome:
@@ -210,7 +210,7 @@ class Runner:
             if not claimed:
                 return CellOutcome(cell, "busy", plan.path, None, plan)
             # decided again under the claim: another process may have finished the cell meanwhile
-            action, reason, record = self._decide(plan.path, plan.protocol, cell, fresh_since=self.started)
+            action, reason, record = self._decide(plan.path, plan.protocol, fresh_since=self.started)
             if action == "refuse":
                 raise RecordConflictError(reason)
             if action == "skip":
@@ -218,11 +218,11 @@ class Runner:
             record = self._compute(plan)
         return CellOutcome(cell, "done", plan.path, record, plan)
 
-    def _decide(self, path: Path, protocol: dict, cell: Cell,
+    def _decide(self, path: Path, protocol: dict,
                 fresh_since: float | None = None) -> tuple[str, str, ResultRecord | None]:
         """Rank 0 reads the record and decides; every rank takes its decision (or collectives would deadlock)."""
-        decision = (decide(path, protocol, overwrite=self.settings.overwrite, explicit_variant=cell.variant is not None,
-                           fresh_since=fresh_since) if distributed.is_main_process() else ("", "", None))
+        decision = (decide(path, protocol, overwrite=self.settings.overwrite, fresh_since=fresh_since)
+                    if distributed.is_main_process() else ("", "", None))
         action, reason = distributed.broadcast_object(decision[:2])
         return action, reason, decision[2]
 
@@ -281,7 +281,7 @@ class Runner:
         return record
 
 
-def decide(path: Path, protocol: dict, *, overwrite: bool = False, explicit_variant: bool = False,
+def decide(path: Path, protocol: dict, *, overwrite: bool = False,
            fresh_since: float | None = None) -> tuple[str, str, ResultRecord | None]:
     """(action, reason, existing record) for the record at ``path`` against the planned ``protocol``.
 
@@ -303,9 +303,8 @@ def decide(path: Path, protocol: dict, *, overwrite: bool = False, explicit_vari
     if matches:
         return "skip", "record matches", record
     differences = "; ".join(protocol_differences(record.protocol, protocol))
-    fix = "pass --overwrite to replace it, or use another --results folder" + (
-        " or another --variant" if explicit_variant else "")
-    return "refuse", f"{path} was made under another protocol ({differences}); {fix}", record
+    return ("refuse", f"{path} was made under another protocol ({differences}); pass --overwrite to replace it, "
+                      f"or use another --results folder", record)
 
 
 def _mtime(path: Path) -> float:

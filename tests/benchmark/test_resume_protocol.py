@@ -79,7 +79,7 @@ def test_other_dataset_options_under_one_name_are_refused_before_compute(results
 
 def test_an_explicit_variant_with_another_protocol_is_refused_then_overwritten(results_dir, tiny_encoder, mini_synthderm):
     _knn(_runner(results_dir), overrides=KNN, variant="mine")
-    with pytest.raises(RecordConflictError, match=r"image_size_override: null -> 24.*--overwrite.*--variant"):
+    with pytest.raises(RecordConflictError, match=r"image_size_override: null -> 24\); pass --overwrite to replace it, or use another --results folder"):
         _knn(_runner(results_dir, image_size=24), overrides=KNN, variant="mine")
     replaced = _knn(_runner(results_dir, image_size=24, overwrite=True), overrides=KNN, variant="mine")
     assert replaced.status == "done"
