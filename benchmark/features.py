@@ -37,7 +37,8 @@ class Features:
     """Pooled features of a set of images.
 
     Attributes:
-        x: float32 [N, D]; y: int64 [N]; ids: str [N]; groups: str [N]; indices: int [N] dataset rows.
+        x: float32 [N, D]; y: int64 [N] (uint8 [N, L] for a multi-label dataset); ids: str [N];
+        groups: str [N]; indices: int [N] dataset rows.
         meta: extraction facts (images/s, seconds, device, cache key, cache hit).
     """
 
@@ -143,7 +144,7 @@ def extract_features(encoder: Encoder, dataset: ImageDataset, indices: np.ndarra
 
 
 def _assemble(dataset: ImageDataset, indices: np.ndarray, x: np.ndarray, meta: dict) -> Features:
-    return Features(x, dataset.labels[indices], dataset.ids[indices], dataset.groups[indices], indices, meta)
+    return Features(x, dataset.targets[indices], dataset.ids[indices], dataset.groups[indices], indices, meta)
 
 
 @torch.inference_mode()

@@ -29,6 +29,17 @@ F1 and one-vs-rest AUROC are always defined). The interval therefore reflects sa
 variability conditional on the test set's class composition. ``stratify=False`` gives the plain
 (unconditional) bootstrap; resamples where a metric is undefined are then dropped with a warning.
 Intervals are percentile intervals ``[q(alpha/2), q(1 - alpha/2)]`` (linear interpolation).
+
+Multi-label (``y_true`` 0/1 [N, L], ``scores`` per-finding probabilities [N, L], e.g. sigmoids), as
+MedMNIST's ``getAUC``/``getACC`` for ``multi-label, binary-class``:
+
+* ``auroc``: mean over findings of the ROC AUC of ``scores[:, l]`` (findings with a single class in
+  ``y_true`` are left out, with a logged warning; MedMNIST's evaluator would raise there);
+* ``accuracy``: mean over findings of the accuracy of ``scores[:, l] > 0.5`` (strict, as MedMNIST),
+  which equals the fraction of correct (image, finding) entries.
+
+Their bootstrap resamples whole images (plain, not stratified: there is no single class to
+stratify on), with the same per-resample definitions.
 """
 
 from __future__ import annotations
@@ -43,14 +54,22 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "METRIC_NAMES",
+    "MULTILABEL_METRIC_NAMES",
     "classification_metrics",
     "bootstrap_ci",
     "evaluate_with_ci",
+    "multilabel_metrics",
+    "multilabel_per_label",
+    "evaluate_multilabel_with_ci",
+    "evaluate_scores",
+    "point_metrics",
     "subgroup_metrics",
     "mean_sd",
 ]
 
 METRIC_NAMES: tuple[str, ...] = ("accuracy", "balanced_accuracy", "auroc", "f1_macro")
+MULTILABEL_METRIC_NAMES: tuple[str, ...] = ("accuracy", "auroc")
+MULTILABEL_THRESHOLD = 0.5
 
 # Upper bound on the number of (resample x sample) entries materialised at once.
 _CHUNK_ELEMENTS = 2_000_000
@@ -269,6 +288,105 @@ def evaluate_with_ci(
     return {nm: {"value": values[nm], "ci": [cis[nm][0], cis[nm][1]]} for nm in METRIC_NAMES}
 
 
+# -- multi-label ------------------------------------------------------------------------------------
+def _check_multilabel(y_true: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Validate and convert: y_true -> bool [N, L], scores -> float64 [N, L] in [0, 1]."""
+    y, s = np.asarray(y_true), np.asarray(scores, dtype=np.float64)
+    if y.ndim != 2 or s.shape != y.shape:
+        raise ValueError(f"multi-label metrics need y_true and scores of one shape [N, L], got {y.shape} and {s.shape}")
+    if y.shape[0] == 0:
+        raise ValueError("empty evaluation set")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError("multi-label y_true must hold only 0 and 1")
+    if not np.all(np.isfinite(s)) or s.min() < 0 or s.max() > 1:
+        raise ValueError("multi-label scores must be finite probabilities in [0, 1] (e.g. sigmoid outputs)")
+    return y.astype(bool), s
+
+
+def _multilabel_for_resamples(y: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
+    """Mean per-finding AUROC and mean label accuracy for multiplicities ``weights`` [B, N] -> {name: [B]}."""
+    aucs = np.stack([_weighted_auc(scores[:, k], y[:, k], weights) for k in range(y.shape[1])], axis=1)  # [B, L]
+    valid = ~np.isnan(aucs)
+    count = valid.sum(axis=1)
+    with np.errstate(invalid="ignore"):
+        auroc = np.where(count > 0, np.where(valid, aucs, 0.0).sum(axis=1) / np.maximum(count, 1), np.nan)
+    correct = ((scores > MULTILABEL_THRESHOLD) == y).mean(axis=1)  # [N]: each image's share of correct findings
+    accuracy = weights @ correct / weights.sum(axis=1)
+    return {"accuracy": accuracy, "auroc": auroc}
+
+
+def multilabel_per_label(y_true: np.ndarray, scores: np.ndarray) -> dict[str, list[float]]:
+    """Per-finding ``auroc`` (NaN where a finding has one class) and ``accuracy`` at 0.5: {name: [L]}."""
+    y, s = _check_multilabel(y_true, scores)
+    ones = np.ones((1, y.shape[0]), dtype=np.int64)
+    aucs = [float(_weighted_auc(s[:, k], y[:, k], ones)[0]) for k in range(y.shape[1])]
+    accuracy = ((s > MULTILABEL_THRESHOLD) == y).mean(axis=0)
+    return {"auroc": aucs, "accuracy": [float(a) for a in accuracy]}
+
+
+def multilabel_metrics(y_true: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """MedMNIST's multi-label AUC (mean over findings) and ACC (mean label accuracy at 0.5).
+
+    y_true: 0/1 [N, L]; scores: per-finding probabilities [N, L].
+    """
+    y, s = _check_multilabel(y_true, scores)
+    single = [k for k in range(y.shape[1]) if y[:, k].all() or not y[:, k].any()]
+    if single:
+        logger.warning("multilabel_metrics: findings %s have one class in y_true; they are left out of the AUC", single)
+    out = _multilabel_for_resamples(y, s, np.ones((1, y.shape[0]), dtype=np.int64))
+    return {name: float(out[name][0]) for name in MULTILABEL_METRIC_NAMES}
+
+
+def evaluate_multilabel_with_ci(y_true: np.ndarray, scores: np.ndarray, n_boot: int = 1000, seed: int = 0,
+                                alpha: float = 0.05) -> dict[str, dict]:
+    """``{"auroc"|"accuracy": {"value", "ci"}}`` with a seeded percentile bootstrap over images.
+
+    y_true: 0/1 [N, L]; scores: [N, L]. Resamples where every finding's AUC is undefined are dropped
+    (logged); ``ci`` is ``[nan, nan]`` when none is left.
+    """
+    if n_boot < 1 or not 0.0 < alpha < 1.0:
+        raise ValueError("need n_boot >= 1 and 0 < alpha < 1")
+    values = multilabel_metrics(y_true, scores)
+    y, s = _check_multilabel(y_true, scores)
+    n = y.shape[0]
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _CHUNK_ELEMENTS // n)
+    reps: dict[str, list[np.ndarray]] = {name: [] for name in MULTILABEL_METRIC_NAMES}
+    for start in range(0, n_boot, chunk):
+        b = min(chunk, n_boot - start)
+        idx = rng.integers(0, n, size=(b, n))
+        weights = np.bincount((np.arange(b)[:, None] * n + idx).ravel(), minlength=b * n).reshape(b, n)
+        for name, v in _multilabel_for_resamples(y, s, weights).items():
+            reps[name].append(v)
+    out = {}
+    for name in MULTILABEL_METRIC_NAMES:
+        v = np.concatenate(reps[name])
+        finite = v[~np.isnan(v)]
+        if finite.size < v.size:
+            logger.warning("bootstrap: multi-label %s undefined in %d/%d resamples; they are excluded",
+                           name, v.size - finite.size, v.size)
+        ci = (np.percentile(finite, [100.0 * alpha / 2.0, 100.0 * (1.0 - alpha / 2.0)]) if finite.size
+              else (math.nan, math.nan))
+        out[name] = {"value": values[name], "ci": [float(ci[0]), float(ci[1])]}
+    return out
+
+
+def point_metrics(y_true: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """:func:`classification_metrics` (labels [N], probabilities [N, C]) or :func:`multilabel_metrics` (0/1 [N, L])."""
+    if np.ndim(y_true) == 2:
+        return multilabel_metrics(y_true, scores)
+    return classification_metrics(y_true, scores)
+
+
+def evaluate_scores(y_true: np.ndarray, scores: np.ndarray, n_boot: int = 1000, seed: int = 0,
+                    alpha: float = 0.05) -> dict[str, dict]:
+    """:func:`evaluate_with_ci` for labels [N] and class probabilities [N, C]; :func:`evaluate_multilabel_with_ci`
+    for a 0/1 label matrix [N, L] and per-finding probabilities [N, L]."""
+    if np.ndim(y_true) == 2:
+        return evaluate_multilabel_with_ci(y_true, scores, n_boot=n_boot, seed=seed, alpha=alpha)
+    return evaluate_with_ci(y_true, scores, n_boot=n_boot, seed=seed, alpha=alpha)
+
+
 _MISSING_STRINGS = {"", "unknown", "nan", "none", "null", "na", "n/a"}
 
 
@@ -317,12 +435,15 @@ def subgroup_metrics(
 ) -> dict[str, dict[str, dict]]:
     """Metrics with bootstrap CIs per subgroup value.
 
-    y_true: [N]; proba: [N, C]; subgroups: {column: [N] values} (e.g. "sex", "fitzpatrick").
-    Returns ``{column: {str(value): {"n": n, metric: {"value", "ci"}, ...}}}`` for values with
-    ``>= min_size`` samples; missing/unknown values are skipped (see :func:`_subgroup_key`).
-    Groups with a single class get ``auroc`` NaN (logged).
+    y_true: [N]; proba: [N, C] (multi-label: y_true 0/1 [N, L], proba [N, L]); subgroups: {column: [N]
+    values} (e.g. "sex", "fitzpatrick"). Returns ``{column: {str(value): {"n": n, metric: {"value", "ci"},
+    ...}}}`` for values with ``>= min_size`` samples; missing/unknown values are skipped (see
+    :func:`_subgroup_key`). Groups with a single class get ``auroc`` NaN (logged).
     """
-    y, proba, _ = _check_inputs(y_true, proba)
+    if np.ndim(y_true) == 2:
+        y, proba = _check_multilabel(y_true, proba)
+    else:
+        y, proba, _ = _check_inputs(y_true, proba)
     n = y.shape[0]
     out: dict[str, dict[str, dict]] = {}
     for column, values in subgroups.items():
@@ -338,7 +459,7 @@ def subgroup_metrics(
             if size < min_size:
                 logger.info("subgroup_metrics: skipping %s=%s (n=%d < min_size=%d)", column, key, size, min_size)
                 continue
-            col[key] = {"n": size, **evaluate_with_ci(y[mask], proba[mask], n_boot=n_boot, seed=seed)}
+            col[key] = {"n": size, **evaluate_scores(y[mask], proba[mask], n_boot=n_boot, seed=seed)}
         n_missing = int((~valid).sum())
         if n_missing:
             logger.info("subgroup_metrics: %d samples with missing/unknown %s skipped", n_missing, column)

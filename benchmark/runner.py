@@ -36,7 +36,7 @@ from benchmark.records import (Identity, RecordError, ResultRecord, jsonable, pr
 from datasets.base import ImageDataset
 from datasets.registry import DATASETS
 from datasets.splits import SplitAssignment, resolve_splits
-from evaluators.base import EvalContext, ExtractionSettings
+from evaluators.base import EvalContext, ExtractionSettings, refuse_multilabel
 from evaluators.registry import EVALUATORS
 from pretrained.encoder import Encoder, LoadOptions
 from pretrained.registry import ENCODERS
@@ -247,6 +247,7 @@ class Runner:
         spec = EVALUATORS.get(identity.evaluator)
         options = spec.resolve_options(cell.preset, cell.overrides)
         dataset = self.dataset(cell.dataset)
+        refuse_multilabel(spec, dataset, sorted(name for name, other in EVALUATORS.items() if other.multilabel))
         splits = self.splits(cell.dataset)
         encoder_spec = ENCODERS.get(identity.encoder)
         artifacts = self.settings.results_dir / "artifacts" / identity.evaluator / identity.dataset / plan.path.stem

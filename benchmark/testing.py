@@ -41,8 +41,11 @@ def check_dataset(spec: DatasetSpec, root=None, options: dict | None = None, n_i
     dataset = spec.build(root, options or {})
     assert isinstance(dataset, ImageDataset), f"{spec.name}: build() must return an ImageDataset"
     assert len(dataset) > 0, f"{spec.name}: no images"
-    labels = dataset.labels
-    assert labels.min() >= 0 and labels.max() < dataset.num_classes, f"{spec.name}: labels out of range"
+    if dataset.is_multilabel:  # a 0/1 [N, L] finding matrix, one column per class name
+        assert dataset.label_matrix.shape == (len(dataset), dataset.num_classes), f"{spec.name}: label matrix shape"
+    else:
+        labels = dataset.labels
+        assert labels.min() >= 0 and labels.max() < dataset.num_classes, f"{spec.name}: labels out of range"
     for index in np.linspace(0, len(dataset) - 1, min(n_images, len(dataset))).astype(int):
         image = dataset.load_image(int(index))
         assert image.mode == "RGB", f"{spec.name}: image {index} is {image.mode}, expected RGB"

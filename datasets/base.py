@@ -4,6 +4,12 @@ A dataset is a table (one row per image) plus a way to load image ``i``. Require
 ``image_id`` (unique str), ``label`` (int index into ``classes``), ``group`` (patient or lesion
 id; the image id when the source has none). Optional: ``split`` (official "train"/"val"/"test"),
 and the columns named in ``subgroup_columns`` (e.g. ``fitzpatrick``, ``sex``, ``age``, ``site``).
+
+Multi-label datasets (several binary findings per image, e.g. ChestMNIST) pass ``label_matrix``
+(0/1 [N, L], one column per name in ``classes``) instead of a ``label`` column. Then
+``is_multilabel`` is True, ``targets`` is the matrix, and ``labels`` (one class per image) raises a
+:class:`DatasetError`, so code that needs a single class refuses them with a clear message. Every
+single-label dataset is unchanged (``targets`` is ``labels``).
 """
 from __future__ import annotations
 
@@ -36,8 +42,9 @@ class ImageDataset:
 
     def __init__(self, name: str, table: pd.DataFrame, classes: list[str], *, task: str = "",
                  subgroup_columns: tuple[str, ...] = (), root: Path | None = None,
-                 info: dict[str, Any] | None = None):
-        missing = {"image_id", "label", "group"} - set(table.columns)
+                 info: dict[str, Any] | None = None, label_matrix: np.ndarray | None = None):
+        missing = {"image_id", "group"} - set(table.columns) | ({"label"} - set(table.columns) if label_matrix is None
+                                                                 else set())
         if missing:
             raise DatasetError(f"dataset '{name}' table lacks columns {sorted(missing)}")
         table = table.reset_index(drop=True)
@@ -46,9 +53,13 @@ class ImageDataset:
             raise DatasetError(f"dataset '{name}' has duplicate image ids, e.g. {dupes}; each image must appear once")
         if len(table) == 0:
             raise DatasetError(f"dataset '{name}' has no images; check the root folder and the CSV")
-        labels = table["label"].to_numpy()
-        if labels.min() < 0 or labels.max() >= len(classes):
-            raise DatasetError(f"dataset '{name}' has labels outside 0..{len(classes) - 1}")
+        if label_matrix is None:
+            labels = table["label"].to_numpy()
+            if labels.min() < 0 or labels.max() >= len(classes):
+                raise DatasetError(f"dataset '{name}' has labels outside 0..{len(classes) - 1}")
+        else:
+            label_matrix = _checked_label_matrix(name, label_matrix, len(table), classes)
+        self.label_matrix = label_matrix
         self.name = name
         self.table = table
         self.classes = list(classes)
@@ -64,8 +75,24 @@ class ImageDataset:
         return len(self.table)
 
     @property
+    def is_multilabel(self) -> bool:
+        return self.label_matrix is not None
+
+    @property
     def labels(self) -> np.ndarray:
+        """int64 [N] class indices (single-label datasets only)."""
+        if self.label_matrix is not None:
+            raise DatasetError(
+                f"dataset '{self.name}' is multi-label ({self.label_matrix.shape[1]} binary findings per image) and "
+                f"this needs one class per image. Use an evaluator that supports multi-label data (knn, linear, "
+                f"finetune, medmnist-v2), or pick one finding as a binary task with --dataset-option task=<finding>"
+                f" (one of {', '.join(self.classes)})")
         return self.table["label"].to_numpy(dtype=np.int64)
+
+    @property
+    def targets(self) -> np.ndarray:
+        """What a model is trained on: ``labels`` int64 [N], or the multi-label matrix uint8 [N, L]."""
+        return self.label_matrix if self.label_matrix is not None else self.labels
 
     @property
     def groups(self) -> np.ndarray:
@@ -100,7 +127,9 @@ class ImageDataset:
         return {column: table[column].to_numpy() for column in self.subgroup_columns}
 
     def class_counts(self) -> dict[str, int]:
-        counts = np.bincount(self.labels, minlength=self.num_classes)
+        """Images per class (multi-label: positives per finding)."""
+        counts = (self.label_matrix.sum(axis=0) if self.label_matrix is not None
+                  else np.bincount(self.labels, minlength=self.num_classes))
         return {name: int(count) for name, count in zip(self.classes, counts)}
 
     def manifest_hash(self) -> str:
@@ -121,8 +150,10 @@ class ImageDataset:
     def _hash(self, strict: bool) -> str:
         digest = hashlib.sha256()
         digest.update(repr((self.name, self.classes)).encode())
-        columns = ["image_id", "label", "group"] + (["split"] if "split" in self.table.columns else [])
+        columns = [c for c in ("image_id", "label", "group", "split") if c in self.table.columns]
         digest.update(self.table[columns].astype(str).to_csv(index=False).encode())
+        if self.label_matrix is not None:
+            digest.update(hashlib.sha256(np.ascontiguousarray(self.label_matrix).tobytes()).digest())
         for fingerprint in self._fingerprint_rows(strict):
             digest.update(fingerprint)
         return digest.hexdigest()
@@ -176,6 +207,17 @@ class ArrayImageDataset(ImageDataset):
 
     def _fingerprint_rows(self, strict: bool):
         yield hashlib.sha256(np.ascontiguousarray(self.images).tobytes()).digest()
+
+
+def _checked_label_matrix(name: str, matrix: np.ndarray, n_rows: int, classes: list[str]) -> np.ndarray:
+    """A multi-label matrix as uint8 [N, L]; wrong shapes or values other than 0/1 are a DatasetError."""
+    matrix = np.asarray(matrix)
+    if matrix.ndim != 2 or matrix.shape != (n_rows, len(classes)):
+        raise DatasetError(f"dataset '{name}': the label matrix has shape {matrix.shape}, expected ({n_rows}, "
+                           f"{len(classes)}) (one row per image, one column per finding)")
+    if matrix.size and not np.isin(matrix, (0, 1)).all():
+        raise DatasetError(f"dataset '{name}': the label matrix must hold only 0 and 1 (multi-label findings)")
+    return matrix.astype(np.uint8)
 
 
 def _relative(path: str, root: Path) -> str:

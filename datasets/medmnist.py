@@ -13,9 +13,11 @@ own group (MedMNIST gives no patient ids). The file's md5 is compared with the p
 (:mod:`datasets.medmnist_info`); a mismatch is logged and kept in ``dataset.info["md5"]``, never
 hidden and never fatal (re-saved copies differ legitimately).
 
-Multi-label ChestMNIST: the default task ``multilabel`` builds a :class:`MultiLabelArrayDataset`
-whose ``label_matrix`` is uint8 [N, 14] (also ``info["multilabel"] = True``); its single-label
-``labels`` raise a :class:`DatasetError`, so single-label evaluators refuse it with that message.
+Multi-label ChestMNIST: the default task ``multilabel`` builds a multi-label dataset (the contract
+of :mod:`datasets.base`): ``label_matrix`` uint8 [N, 14], ``is_multilabel`` True (also
+``info["multilabel"] = True``); evaluators that support it (knn, linear, finetune, medmnist-v2)
+train one-vs-rest per finding and report AUC = mean over the 14 findings and ACC = mean label
+accuracy at 0.5, as MedMNIST's evaluator; the others refuse it with a one-line message.
 ``--dataset-option task=<finding>`` (e.g. ``task=effusion``) gives a binary one-vs-rest task that
 every evaluator can use.
 """
@@ -42,37 +44,9 @@ log = logging.getLogger(__name__)
 PREFIX = "medmnist:"
 
 
-class MultiLabelArrayDataset(ArrayImageDataset):
-    """An array dataset with several binary labels per image (ChestMNIST).
-
-    ``label_matrix``: uint8 [N, L]. ``labels`` (one class per image) does not exist for it and
-    raises :class:`DatasetError`, which is how single-label evaluators refuse it clearly.
-    """
-
-    def __init__(self, name: str, table: pd.DataFrame, classes: list[str], images: np.ndarray,
-                 label_matrix: np.ndarray, **kwargs):
-        super().__init__(name, table, classes, images, **kwargs)
-        self.label_matrix = label_matrix
-        self.info["multilabel"] = True
-
-    @property
-    def labels(self) -> np.ndarray:
-        raise DatasetError(
-            f"dataset '{self.name}' is multi-label ({self.label_matrix.shape[1]} binary findings per image); this "
-            f"evaluator needs one class per image. Pick one finding as a binary task with --dataset-option "
-            f"task=<finding> (one of {', '.join(self.classes)}), or use an evaluator that reads dataset.label_matrix")
-
-    def _fingerprint_rows(self, strict: bool):
-        yield str(self.info["md5"]["actual"]).encode()
-        yield hashlib.sha256(np.ascontiguousarray(self.label_matrix).tobytes()).digest()
-
-    def class_counts(self) -> dict[str, int]:
-        """Positives per finding."""
-        return {name: int(count) for name, count in zip(self.classes, self.label_matrix.sum(axis=0))}
-
-
 class MedMNISTDataset(ArrayImageDataset):
-    """Array dataset fingerprinted by its file's md5 (cheap for large files)."""
+    """Array dataset fingerprinted by its file's md5 (cheap for large files); the labels (or the
+    multi-label matrix) enter the manifest hash through :class:`ImageDataset`."""
 
     def _fingerprint_rows(self, strict: bool):
         yield str(self.info["md5"]["actual"]).encode()
@@ -195,10 +169,9 @@ def build_medmnist(flag: str, root: Path | None, options: dict) -> ArrayImageDat
         info["low_data"] = low_data
     built = built_name(name, task, tasks[0], [str(size)] if size != 28 else [], low_data, options)
     if task == "multilabel":
-        table["label"] = 0  # placeholder; MultiLabelArrayDataset.labels refuses single-label use
         info["label_matrix"] = "dataset.label_matrix: uint8 [N, 14], one column per finding in dataset.classes"
-        return MultiLabelArrayDataset(built, table, list(findings), images_all, label_all, task="14 findings, multi-label",
-                                      info={**info, "primary_metric": "auroc"})
+        return MedMNISTDataset(built, table, list(findings), images_all, task="14 findings, multi-label",
+                               info={**info, "primary_metric": "auroc", "multilabel": True}, label_matrix=label_all)
     if multilabel_source:
         table["label"] = label_all[:, findings.index(task)].astype(np.int64)
         classes, description = [f"no {task}", task], f"binary: {task} vs not (one finding of ChestMNIST)"

@@ -4,6 +4,10 @@ No group (lesion or patient) ever lands in two splits; every class is represente
 split when it has enough groups; the assignment is a pure function of (labels, groups, seed,
 fractions). Split files are CSVs ``image_id,group,label,split`` written atomically beside the
 results so users can inspect them, and their sha256 enters the protocol hash.
+
+Multi-label datasets stratify on a surrogate class (:func:`stratification_labels`: each image's
+rarest positive finding, or "none"), and :func:`check_splits` requires every finding that has
+positive and negative images to have both in every split (else its AUC is undefined there).
 """
 from __future__ import annotations
 
@@ -75,6 +79,18 @@ class SplitAssignment:
         return np.flatnonzero(self.split == name)
 
 
+def stratification_labels(dataset: ImageDataset) -> np.ndarray:
+    """int [N] classes to stratify on: the labels, or for multi-label data each image's rarest positive
+    finding (index into ``classes``; ``len(classes)`` for an image with none), so rare findings spread
+    over the splits."""
+    if not dataset.is_multilabel:
+        return dataset.labels
+    matrix = dataset.label_matrix.astype(bool)
+    order = np.argsort(matrix.sum(axis=0), kind="stable")  # findings, rarest first
+    ordered = matrix[:, order]
+    return np.where(ordered.any(axis=1), order[ordered.argmax(axis=1)], matrix.shape[1]).astype(np.int64)
+
+
 def split_file_path(results_dir: Path, dataset: ImageDataset, seed: int, fractions: dict[str, float]) -> Path:
     tag = "-".join(f"{k}{v:g}" for k, v in fractions.items())
     return Path(results_dir) / "splits" / f"{dataset.name}__{dataset.manifest_hash()[:12]}__seed{seed}__{tag}.csv"
@@ -95,7 +111,8 @@ def resolve_splits(dataset: ImageDataset, results_dir: Path, seed: int = 0,
         split = dataset.table["split"].astype(str).to_numpy(dtype=object)
         if not np.any(split == "val"):
             train = np.flatnonzero(split == "train")
-            sub = grouped_stratified_split(dataset.labels[train], dataset.groups[train], {"train": 0.8, "val": 0.2}, seed)
+            sub = grouped_stratified_split(stratification_labels(dataset)[train], dataset.groups[train],
+                                           {"train": 0.8, "val": 0.2}, seed)
             split = split.copy()
             split[train] = sub
         assignment = SplitAssignment(split, "official", _sha(split, dataset))
@@ -104,14 +121,14 @@ def resolve_splits(dataset: ImageDataset, results_dir: Path, seed: int = 0,
         if path.is_file():
             assignment = _read_split_file(dataset, path)
         else:
-            split = grouped_stratified_split(dataset.labels, dataset.groups, fractions, seed)
+            split = grouped_stratified_split(stratification_labels(dataset), dataset.groups, fractions, seed)
             if save:
                 _write_split_file(dataset, split, path)
             assignment = SplitAssignment(split, f"file:{path}", _sha(split, dataset))
     check_splits(dataset, assignment.split)
     low_data = dataset.info.get("low_data")
     if low_data:
-        split = low_data_subset(assignment.split, dataset.labels, dataset.groups, float(low_data["fraction"]),
+        split = low_data_subset(assignment.split, stratification_labels(dataset), dataset.groups, float(low_data["fraction"]),
                                 int(low_data["seed"]))
         tag = f"low_data(fraction={low_data['fraction']:g},seed={low_data['seed']})"
         path = Path(results_dir) / "splits" / f"{dataset.name}__{dataset.manifest_hash()[:12]}__{tag}.csv"
@@ -174,12 +191,34 @@ def check_splits(dataset: ImageDataset, split: np.ndarray, required: tuple[str, 
         if len(members) == 0:
             raise DatasetError(f"dataset '{dataset.name}': the '{name}' split is empty; "
                                f"give it images (split file or fractions) or use a larger dataset")
+        if dataset.is_multilabel:
+            _check_findings(dataset, members, name)
+            continue
         present = set(np.unique(dataset.labels[members]).tolist())
         absent = [dataset.classes[c] for c in range(dataset.num_classes) if c not in present
                   and c in set(dataset.labels.tolist())]
         if absent:
             raise DatasetError(f"dataset '{dataset.name}': class(es) {absent} absent from the '{name}' split; "
                                f"metrics would be undefined. Use more data, other split fractions, or drop the class")
+
+
+def _check_findings(dataset: ImageDataset, members: np.ndarray, name: str) -> None:
+    """Multi-label: a finding with positives and negatives overall needs both in split ``name``."""
+    matrix = dataset.label_matrix
+    varies = (matrix.min(axis=0) == 0) & (matrix.max(axis=0) == 1)
+    part = matrix[members]
+    constant = varies & ((part.min(axis=0) == 1) | (part.max(axis=0) == 0))
+    if constant.any():
+        absent = [dataset.classes[k] for k in np.flatnonzero(constant)]
+        raise DatasetError(f"dataset '{dataset.name}': finding(s) {absent} have only positive or only negative "
+                           f"images in the '{name}' split; their AUC would be undefined. Use more data or other splits")
+
+
+def _label_text(dataset: ImageDataset) -> list[str]:
+    """The split file's ``label`` column: class names, or ``|``-joined positive findings (multi-label)."""
+    if not dataset.is_multilabel:
+        return [dataset.classes[c] for c in dataset.labels]
+    return ["|".join(dataset.classes[k] for k in np.flatnonzero(row)) for row in dataset.label_matrix]
 
 
 def _sha(split: np.ndarray, dataset: ImageDataset) -> str:
@@ -189,7 +228,7 @@ def _sha(split: np.ndarray, dataset: ImageDataset) -> str:
 
 def _write_split_file(dataset: ImageDataset, split: np.ndarray, path: Path) -> None:
     frame = pd.DataFrame({"image_id": dataset.ids, "group": dataset.groups,
-                          "label": [dataset.classes[c] for c in dataset.labels], "split": split})
+                          "label": _label_text(dataset), "split": split})
     atomic_write_text(path, frame.to_csv(index=False))
     log.info("wrote split file %s", path)
 

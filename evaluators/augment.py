@@ -73,13 +73,14 @@ def seeded(augment: Callable[[Image.Image], Image.Image], image: Image.Image, se
 class AugmentedImages(Dataset):
     """Items ``(row, seed)`` -> (input [3, S, S], label) with a seeded augmentation.
 
-    ``rows`` maps item rows to dataset rows (e.g. the train split's indices).
+    ``rows`` maps item rows to dataset rows (e.g. the train split's indices). For a multi-label
+    dataset the label is the float32 [L] row of its 0/1 finding matrix.
     """
 
     def __init__(self, dataset: ImageDataset, rows: np.ndarray, augment: Callable, preprocessing: Preprocessing, size: int):
         self.dataset, self.rows, self.augment = dataset, np.asarray(rows), augment
         self.to_input = network_input(preprocessing, size)
-        self.labels = dataset.labels
+        self.labels = dataset.targets
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -88,7 +89,8 @@ class AugmentedImages(Dataset):
         row, seed = item
         index = int(self.rows[row])
         image = seeded(self.augment, self.dataset.load_image(index), seed)
-        return self.to_input(image), int(self.labels[index])
+        target = self.labels[index]
+        return self.to_input(image), (torch.as_tensor(target, dtype=torch.float32) if target.ndim else int(target))
 
 
 class EvalImages(Dataset):

@@ -53,6 +53,7 @@ class EvaluatorSpec:
     order: int = 100  # position in the main job and the leaderboard
     aliases: tuple[str, ...] = ()
     kind: str = "evaluator"  # evaluator | probe
+    multilabel: bool = False  # True: also runs on multi-label datasets (features.y / dataset.targets a 0/1 [N, L] matrix)
 
     def resolve_options(self, preset: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         """Defaults, then the preset, then explicit overrides (unknown keys are an error)."""
@@ -66,6 +67,14 @@ class EvaluatorSpec:
                 raise ValueError(f"evaluator '{self.name}' has no option '{key}'; options: {sorted(options)}")
             options[key] = value
         return options
+
+
+def refuse_multilabel(spec: EvaluatorSpec, dataset: ImageDataset, supported: list[str]) -> None:
+    """Raise a one-line ValueError, before any compute, when ``dataset`` is multi-label and ``spec`` cannot be."""
+    if dataset.is_multilabel and not spec.multilabel:
+        raise ValueError(f"{spec.kind} '{spec.name}' needs one class per image and '{dataset.name}' is multi-label "
+                         f"({len(dataset.classes)} findings); use {', '.join(supported)}, or pick one finding as a "
+                         f"binary task with --dataset-option task=<finding>")
 
 
 def validate_evaluator_spec(obj: object) -> None:

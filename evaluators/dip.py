@@ -201,4 +201,4 @@ EVALUATORS.add("dip", EvaluatorSpec(
     name="dip", run=run_dip, defaults=DIP_DEFAULTS, presets=DIP_PRESETS,
     description="deep-image-prior inversion of the encoder's last spatial map (skip net, Adam 1e-3); SSIM/PSNR "
                 "between image and reconstruction, LPIPS when available (ANTON reconstruction.py)",
-    benchmark_preset="quick", order=80, kind="probe"))
+    benchmark_preset="quick", order=80, kind="probe", multilabel=True))  # label-free: multi-label datasets are fine

@@ -25,6 +25,10 @@ Artifacts (``context.artifacts_dir``): ``run-XX/`` per grid setting (``last.pt``
 ``best-<step>.pt``, ``result.json``), ``best.pt`` (the selected model: encoder + head weights and
 metadata) and ``test_predictions.npz``. A killed run resumes from ``last.pt``; a finished setting
 is not retrained. Multi-GPU: see :mod:`evaluators.training` and docs/evaluators.md.
+
+Multi-label datasets (ChestMNIST): one logit per finding, BCE with logits (:mod:`evaluators.objectives`),
+sigmoid scores, AUC = mean over findings and ACC = mean label accuracy at 0.5 (``monitor`` auto =
+auroc; ``balanced`` sampling needs one class per image and is refused).
 """
 from __future__ import annotations
 
@@ -37,18 +41,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
 from benchmark import distributed
 from benchmark.atomic import atomic_torch_save
 from benchmark.device import autocast_dtype, default_workers
-from benchmark.metrics import METRIC_NAMES, classification_metrics, evaluate_with_ci, subgroup_metrics
+from benchmark.metrics import METRIC_NAMES, MULTILABEL_METRIC_NAMES, evaluate_scores, point_metrics, subgroup_metrics
 from benchmark.records import write_json_atomic
 from datasets.base import ImageDataset
 from evaluators.augment import AugmentedImages, EvalImages, train_augmentation
 from evaluators.base import EvalContext, EvalOutput, EvaluatorSpec
+from evaluators.objectives import output_scores, target_tensor, training_loss
 from evaluators.registry import EVALUATORS
 from evaluators.sampling import TTA_STREAM, derive_seed
 from evaluators.training import TrainConfig, Trainer, Validation
@@ -161,8 +165,9 @@ def predict_logits(model: nn.Module, batches: EvalBatches, n_classes: int, devic
 @torch.no_grad()
 def predict_tta(model: nn.Module, dataset: ImageDataset, rows: np.ndarray, augment, preprocessing: Preprocessing,
                 size: int, copies: int, seed: int, batch_size: int, num_workers: int, n_classes: int,
-                device: torch.device, amp: bool) -> torch.Tensor:
-    """Mean softmax over ``copies`` seeded augmented copies of every row: float64 [total, classes] on the CPU."""
+                device: torch.device, amp: bool, multilabel: bool = False) -> torch.Tensor:
+    """Mean softmax (multi-label: sigmoid) over ``copies`` seeded augmented copies of every row:
+    float64 [total, classes] on the CPU."""
     model.eval()
     total = len(rows)
     local_rows = np.asarray(rows)[distributed.strided_positions(total)]
@@ -173,22 +178,25 @@ def predict_tta(model: nn.Module, dataset: ImageDataset, rows: np.ndarray, augme
     loader = DataLoader(images, batch_sampler=items, num_workers=num_workers)
     outputs = []
     for x, _ in loader:
-        probabilities = torch.softmax(_forward(model, x, device, amp).double(), dim=1)
+        probabilities = output_scores(_forward(model, x, device, amp).double(), multilabel)
         outputs.append(probabilities.reshape(-1, copies, n_classes).mean(1))
     local = torch.cat(outputs) if outputs else torch.zeros(0, n_classes, dtype=torch.float64, device=device)
     return distributed.gather_strided(local, total).cpu()
 
 
 def make_validator(batches: EvalBatches, labels: np.ndarray, n_classes: int, device: torch.device, amp: bool):
-    """``validate(model) -> Validation`` on the validation split (identical on every rank)."""
-    targets = torch.as_tensor(labels, dtype=torch.int64)
+    """``validate(model) -> Validation`` on the validation split (identical on every rank).
+
+    ``labels``: int [N], or a 0/1 [N, L] matrix (multi-label: BCE loss, sigmoid scores)."""
+    targets, multilabel = target_tensor(labels), np.ndim(labels) == 2
+    names = MULTILABEL_METRIC_NAMES if multilabel else METRIC_NAMES
 
     def validate(model: nn.Module) -> Validation:
         logits = predict_logits(model, batches, n_classes, device, amp).double()
         if not torch.isfinite(logits).all():  # a diverged model: never an improvement
-            return Validation(math.inf, {name: math.nan for name in METRIC_NAMES})
-        loss = float(F.cross_entropy(logits, targets))
-        metrics = classification_metrics(labels, torch.softmax(logits, dim=1).numpy(), n_classes)
+            return Validation(math.inf, {name: math.nan for name in names})
+        loss = float(training_loss(logits, targets, multilabel))
+        metrics = point_metrics(labels, output_scores(logits, multilabel).numpy())
         return Validation(loss, metrics)
     return validate
 
@@ -225,8 +233,10 @@ def search_grid(options: dict) -> list[tuple[float, float]]:
 
 def resolve_monitor(options: dict, context: EvalContext) -> str:
     monitor = context.primary_metric() if options["monitor"] == "auto" else options["monitor"]
-    if monitor != "loss" and monitor not in METRIC_NAMES:
-        raise ValueError(f"finetune: monitor must be 'auto', 'loss' or one of {METRIC_NAMES}, got {options['monitor']!r}")
+    names = MULTILABEL_METRIC_NAMES if context.dataset.is_multilabel else METRIC_NAMES
+    if monitor != "loss" and monitor not in names:
+        raise ValueError(f"finetune: monitor must be 'auto', 'loss' or one of {names} on {context.dataset.name}, "
+                         f"got {options['monitor']!r}")
     return monitor
 
 
@@ -234,7 +244,11 @@ def resolve_monitor(options: dict, context: EvalContext) -> str:
 def run_finetune(context: EvalContext, options: dict) -> EvalOutput:
     dataset, device = context.dataset, context.device
     encoder = context.encoder()
-    n_classes = dataset.num_classes
+    n_classes = dataset.num_classes  # outputs: classes, or findings (one logit each) for multi-label data
+    multilabel = dataset.is_multilabel
+    if multilabel and options["balanced"]:
+        raise ValueError(f"finetune: class-balanced sampling needs one class per image and {dataset.name} is "
+                         f"multi-label; add -o balanced=false")
     train_rows, val_rows, test_rows = (context.indices(s) for s in ("train", "val", "test"))
     steps, eval_every, checkpoint_every = resolve_budget(options, len(train_rows))
     grid = search_grid(options)
@@ -247,7 +261,7 @@ def run_finetune(context: EvalContext, options: dict) -> EvalOutput:
     amp = bool(options["amp"]) and device.type == "cuda"
     train_images = AugmentedImages(dataset, train_rows, augment, encoder.preprocessing, size)
     validate = make_validator(EvalBatches(dataset, val_rows, eval_preprocessing, int(options["eval_batch_size"]),
-                                          workers, cache=True), dataset.labels[val_rows], n_classes, device, amp)
+                                          workers, cache=True), dataset.targets[val_rows], n_classes, device, amp)
     fingerprint = {
         "options": {k: v for k, v in options.items() if k not in _RUNTIME_OPTIONS},
         "encoder": encoder.name, "weights_sha256": encoder.provenance.get("weights_sha256"),
@@ -272,11 +286,13 @@ def run_finetune(context: EvalContext, options: dict) -> EvalOutput:
                 plateau_patience=int(options["plateau_patience"]), plateau_min_lr=float(options["plateau_min_lr"]),
                 patience=None if options["patience"] is None else int(options["patience"]), monitor=monitor,
                 checkpoint_every=checkpoint_every, balanced=bool(options["balanced"]), seed=context.seed,
-                amp=amp, sync_bn=bool(options["sync_bn"]), num_workers=workers)
+                amp=amp, sync_bn=bool(options["sync_bn"]), num_workers=workers, multilabel=multilabel)
             model = FineTuneModel(context.fresh_encoder(), n_classes, seed=derive_seed(context.seed, index))
             progress = (context.progress(f"finetune {encoder.name} on {dataset.name} ({index + 1}/{len(grid)})", steps)
                         if context.progress is not None else None)
-            trainer = Trainer(model, train_images, dataset.labels[train_rows], validate, config, run_dir, device,
+            # the sampler reads labels for class-balanced sampling only (refused above for multi-label data)
+            sampler_labels = np.zeros(len(train_rows), np.int64) if multilabel else dataset.labels[train_rows]
+            trainer = Trainer(model, train_images, sampler_labels, validate, config, run_dir, device,
                               run_fingerprint, progress=progress)
             result = trainer.fit()
             weights = trainer.best_weights
@@ -316,13 +332,14 @@ def run_finetune(context: EvalContext, options: dict) -> EvalOutput:
     copies = int(options["tta_copies"])
     if copies > 0:
         probabilities = predict_tta(model, dataset, test_rows, augment, encoder.preprocessing, size, copies,
-                                    context.seed, int(options["eval_batch_size"]), workers, n_classes, device, amp).numpy()
+                                    context.seed, int(options["eval_batch_size"]), workers, n_classes, device, amp,
+                                    multilabel).numpy()
     else:
         logits = predict_logits(model, EvalBatches(dataset, test_rows, eval_preprocessing, int(options["eval_batch_size"]),
                                                    workers, cache=False), n_classes, device, amp)
-        probabilities = torch.softmax(logits.double(), dim=1).numpy()
-    test_labels = dataset.labels[test_rows]
-    metrics = evaluate_with_ci(test_labels, probabilities, n_boot=int(options["n_boot"]), seed=context.seed)
+        probabilities = output_scores(logits.double(), multilabel).numpy()
+    test_labels = dataset.targets[test_rows]
+    metrics = evaluate_scores(test_labels, probabilities, n_boot=int(options["n_boot"]), seed=context.seed)
     subgroups = subgroup_metrics(test_labels, probabilities, dataset.subgroups(test_rows), seed=context.seed)
     if distributed.is_main_process():
         _save_predictions(artifacts / "test_predictions.npz", dataset.ids[test_rows], test_labels, probabilities)
@@ -332,6 +349,7 @@ def run_finetune(context: EvalContext, options: dict) -> EvalOutput:
         metrics=metrics, primary_metric=context.primary_metric(), subgroups=subgroups,
         resolved={"steps_budget": steps, "eval_every_steps": eval_every, "global_batch": int(options["batch_size"]),
                   "grid": [{"lr": lr, "wd": wd} for lr, wd in grid], "monitor": monitor, "tta_copies": copies,
+                  "loss": "bce-with-logits" if multilabel else "cross-entropy",
                   "n_train": int(len(train_rows)), "n_val": int(len(val_rows)), "n_test": int(len(test_rows))},
         extra={"selected": {"run": best_index, "lr": chosen["lr"], "wd": chosen["wd"], "best_step": chosen["best_step"],
                             f"val_{monitor}": -chosen["best_score"] if monitor == "loss" else chosen["best_score"],
@@ -384,4 +402,4 @@ def _save_predictions(path: Path, ids: np.ndarray, labels: np.ndarray, probabili
 EVALUATORS.add("finetune", EvaluatorSpec(
     name="finetune", run=run_finetune, defaults=FINETUNE_DEFAULTS, presets=FINETUNE_PRESETS,
     description="encoder + linear head fine-tuned with SGD, early stopping on val (presets: transfer, skin-lesion, quick)",
-    benchmark_preset="quick", order=50, aliases=("fine-tune",)))
+    benchmark_preset="quick", order=50, aliases=("fine-tune",), multilabel=True))

@@ -195,7 +195,7 @@ EVALUATORS.add("invariance", EvaluatorSpec(
     name="invariance", run=run_invariance_probe, defaults=INVARIANCE_DEFAULTS, presets=INVARIANCE_PRESETS,
     description="invariance to 18 transformations: cosine similarity of Ledoit-Wolf Mahalanobis-whitened "
                 "features f(x) vs f(Tx), identity excluded (ERIC-I/ANTON, bugs fixed)",
-    benchmark_preset="quick", order=60, kind="probe"))
+    benchmark_preset="quick", order=60, kind="probe", multilabel=True))  # label-free: multi-label datasets are fine
 
 EVALUATORS.add("multiview-invariance", EvaluatorSpec(
     name="multiview-invariance", run=run_multiview, defaults=MULTIVIEW_DEFAULTS,

@@ -10,12 +10,14 @@ Protocol (MedMNIST ``experiments/MedMNIST2D/train_and_eval_pytorch.py``), per se
   protocol, with the encoder's own normalisation (transfer vs from-scratch).
 * input: ``ToTensor`` then ``Normalize(mean=.5, std=.5)``; no augmentation.
 * Adam lr 1e-3, batch 128 (shuffled, last batch kept), 100 epochs, lr x0.1 at epochs 50 and 75,
-  cross-entropy. After every epoch the validation AUC is computed; the weights of the best epoch
+  cross-entropy (multi-label ChestMNIST: ``BCEWithLogitsLoss`` over the 14 findings, one output
+  each). After every epoch the validation AUC is computed; the weights of the best epoch
   (strictly greater AUC, first wins) are kept as a deep copy of the state dict and restored for test.
 * test metrics as the paper: AUC (binary: ROC AUC of the positive-class softmax score;
-  multi-class: macro one-vs-rest) and ACC (argmax accuracy), via :mod:`benchmark.metrics`.
+  multi-class: macro one-vs-rest; multi-label: mean over findings of the ROC AUC of the sigmoid)
+  and ACC (argmax accuracy; multi-label: mean label accuracy of sigmoid > 0.5), via
+  :mod:`benchmark.metrics` (MedMNIST's ``getAUC``/``getACC``).
 
-Multi-label (ChestMNIST's 14 findings) is refused: BCE training is not implemented here.
 Images are held as one uint8 tensor on the device; batches are sliced, converted and (for 224)
 resized there, so no per-image PIL work happens in the training loop.
 """
@@ -31,9 +33,10 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet18, resnet50
 
-from benchmark.metrics import classification_metrics, mean_sd
+from benchmark.metrics import mean_sd, multilabel_per_label, point_metrics
 from benchmark.records import metric
 from evaluators.base import EvalContext, EvalOutput, EvaluatorSpec
+from evaluators.objectives import output_scores, target_tensor, training_loss
 from evaluators.registry import EVALUATORS
 
 log = logging.getLogger(__name__)
@@ -100,17 +103,21 @@ def half_normalize(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, images: DeviceImages, rows: torch.Tensor, batch_size: int) -> np.ndarray:
-    """Softmax probabilities [N, K] (float64) of ``rows``."""
+def predict_proba(model: nn.Module, images: DeviceImages, rows: torch.Tensor, batch_size: int,
+                  multilabel: bool = False) -> np.ndarray:
+    """Softmax probabilities [N, K] (multi-label: sigmoid [N, L]), float64, of ``rows``."""
     model.eval()
-    out = [torch.softmax(model(images.batch(rows[i:i + batch_size])).float(), dim=1)
+    out = [output_scores(model(images.batch(rows[i:i + batch_size])).float(), multilabel)
            for i in range(0, len(rows), batch_size)]
     return torch.cat(out).double().cpu().numpy()
 
 
 def train_one_seed(build, images: DeviceImages, rows: dict[str, torch.Tensor], labels: torch.Tensor,
                    n_classes: int, options: dict, seed: int) -> dict:
-    """One run of the protocol; returns test probabilities of the best-val-AUC epoch and the curve."""
+    """One run of the protocol; returns test probabilities of the best-val-AUC epoch and the curve.
+
+    ``labels``: int64 [N] (cross-entropy) or float [N, L] (multi-label, BCE with logits)."""
+    multilabel = labels.dim() == 2
     torch.manual_seed(seed)
     model = build().to(labels.device)
     generator = torch.Generator().manual_seed(seed)
@@ -127,14 +134,14 @@ def train_one_seed(build, images: DeviceImages, rows: dict[str, torch.Tensor], l
         total = 0.0
         for start in range(0, len(order), batch):
             idx = order[start:start + batch]
-            loss = F.cross_entropy(model(images.batch(idx)), labels[idx])
+            loss = training_loss(model(images.batch(idx)), labels[idx], multilabel)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             total += float(loss.detach()) * len(idx)
         scheduler.step()
-        val_auc = classification_metrics(val_y, predict_proba(model, images, val, int(options["eval_batch_size"])),
-                                         n_classes)["auroc"]
+        val_auc = point_metrics(val_y, predict_proba(model, images, val, int(options["eval_batch_size"]),
+                                                     multilabel))["auroc"]
         curve.append({"epoch": epoch + 1, "train_loss": total / len(order), "val_auroc": val_auc})
         if np.isfinite(val_auc) and val_auc > best_auc:
             best_auc, best_epoch = val_auc, epoch + 1
@@ -142,7 +149,7 @@ def train_one_seed(build, images: DeviceImages, rows: dict[str, torch.Tensor], l
     if best_state is None:
         raise ValueError("validation AUC was undefined at every epoch (the val split needs both classes)")
     model.load_state_dict(best_state)
-    proba = predict_proba(model, images, rows["test"], int(options["eval_batch_size"]))
+    proba = predict_proba(model, images, rows["test"], int(options["eval_batch_size"]), multilabel)
     return {"test_proba": proba, "best_epoch": best_epoch, "best_val_auroc": float(best_auc), "curve": curve,
             "model": model}
 
@@ -170,9 +177,6 @@ def _model_builder(context: EvalContext, options: dict, n_classes: int, in_chann
 
 def run_medmnist_v2(context: EvalContext, options: dict) -> EvalOutput:
     dataset = context.dataset
-    if dataset.info.get("multilabel"):
-        raise ValueError(f"medmnist-v2: {dataset.name} is multi-label; BCE training is not implemented. Pick one "
-                         f"finding as a binary task with --dataset-option task=FINDING")
     images = getattr(dataset, "images", None)
     if images is None:
         raise ValueError(f"medmnist-v2 needs an array dataset (medmnist:<flag>), got '{dataset.name}'")
@@ -181,12 +185,12 @@ def run_medmnist_v2(context: EvalContext, options: dict) -> EvalOutput:
         raise ValueError("medmnist-v2: seeds and epochs must be >= 1")
     if int(options["size"]) not in (28, 224) and options["init"] == "random":
         raise ValueError(f"medmnist-v2: size must be 28 or 224 for init=random, got {options['size']}")
-    n_classes = dataset.num_classes
+    n_classes = dataset.num_classes  # outputs: classes, or findings (one logit each) for multi-label data
     in_channels = 1 if images.ndim == 3 else 3
     build, channels, size, normalize, description = _model_builder(context, options, n_classes, in_channels)
     device = context.device
     device_images = DeviceImages(images, device, channels, size, normalize)
-    labels = torch.as_tensor(np.array(dataset.labels, dtype=np.int64), device=device)
+    labels = target_tensor(dataset.targets, device)
     rows = {s: torch.as_tensor(context.indices(s), device=device) for s in ("train", "val", "test")}
     test_y = labels[rows["test"]].cpu().numpy()
     start = time.perf_counter()
@@ -194,10 +198,13 @@ def run_medmnist_v2(context: EvalContext, options: dict) -> EvalOutput:
     for seed in range(seeds):
         log.info("medmnist-v2 on %s: seed %d/%d (%s)", dataset.name, seed + 1, seeds, description)
         run = train_one_seed(build, device_images, rows, labels, n_classes, options, seed)
-        scores = classification_metrics(test_y, run["test_proba"], n_classes)
+        scores = point_metrics(test_y, run["test_proba"])
         per_seed.append({"seed": seed, "auroc": scores["auroc"], "accuracy": scores["accuracy"],
                          "best_epoch": run["best_epoch"], "best_val_auroc": run["best_val_auroc"],
                          "curve": run["curve"]})
+        if dataset.is_multilabel:  # each finding's AUC and ACC, for the record
+            per_finding = multilabel_per_label(test_y, run["test_proba"])
+            per_seed[-1]["per_finding"] = {name: dict(zip(dataset.classes, v)) for name, v in per_finding.items()}
     seconds = time.perf_counter() - start
     metrics = {}
     for name in ("auroc", "accuracy"):
@@ -206,7 +213,8 @@ def run_medmnist_v2(context: EvalContext, options: dict) -> EvalOutput:
     return EvalOutput(
         metrics=metrics, primary_metric="auroc",
         resolved={"model": description, "seeds": list(range(seeds)), "input_size": size, "native_size": device_images.native,
-                  "input_channels": channels, "milestones_epochs": [int(round(f * int(options["epochs"])))
+                  "input_channels": channels, "loss": "bce-with-logits" if dataset.is_multilabel else "cross-entropy",
+                  "milestones_epochs": [int(round(f * int(options["epochs"])))
                                                                     for f in options["milestones"]],
                   "best_epochs": [s["best_epoch"] for s in per_seed], "split_source": context.splits.source,
                   "n_train": int(len(rows["train"])), "n_val": int(len(rows["val"])), "n_test": int(len(test_y))},
@@ -220,4 +228,4 @@ EVALUATORS.add("medmnist-v2", EvaluatorSpec(
     presets={"quick": {"epochs": 3, "seeds": 1}},
     description="MedMNIST v2 paper protocol: ResNet-18/50 from scratch (or -o init=encoder), Adam 1e-3, "
                 "100 epochs, best val AUC; test AUC/ACC over seeds",
-    benchmark_preset=None, order=90))
+    benchmark_preset=None, order=90, multilabel=True))

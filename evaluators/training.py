@@ -33,13 +33,13 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from benchmark import distributed
 from benchmark.atomic import atomic_torch_save
 from benchmark.device import autocast_dtype
+from evaluators.objectives import training_loss
 from evaluators.sampling import TORCH_STREAM, StreamBatchSampler, derive_seed
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,7 @@ class TrainConfig:
     amp: bool = True
     sync_bn: bool = True
     num_workers: int = 0
+    multilabel: bool = False  # BCE with logits on 0/1 [B, L] targets instead of cross-entropy
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.eval_every < 1:
@@ -86,7 +87,7 @@ class TrainConfig:
 
 @dataclass
 class Validation:
-    """One validation: mean cross-entropy and metrics on the validation split."""
+    """One validation: mean loss (cross-entropy, or BCE for multi-label data) and metrics on the validation split."""
 
     loss: float
     metrics: dict[str, float]
@@ -199,7 +200,7 @@ class Trainer:
                 images = images.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 logits = network(images)
-            loss = F.cross_entropy(logits.float(), targets)
+            loss = training_loss(logits.float(), targets, config.multilabel)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()

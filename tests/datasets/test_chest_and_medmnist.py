@@ -4,14 +4,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from datasets.base import DatasetError
+from datasets.base import ArrayImageDataset, DatasetError
 from datasets.chest_xray_pneumonia import build_chest_xray_pneumonia, patient_id
 from datasets.chestxray14 import build_chestxray14
 from datasets.download import md5_of
 from datasets.medmnist import build_medmnist
-from datasets.splits import resolve_splits
+from datasets.medmnist_synthetic import write_medmnist_npz
+from datasets.splits import resolve_splits, stratification_labels
 from tests.datasets.replicas import no_group_in_two_splits, write_csv, write_image
 
 
@@ -112,16 +114,49 @@ def test_medmnist_label_shapes_and_md5_report(tmp_path: Path, caplog):
 
 
 def test_chestmnist_multilabel_contract(tmp_path: Path):
-    write_medmnist(tmp_path / "chestmnist.npz", {"train": 8, "val": 3, "test": 5}, "multi")
+    write_medmnist_npz(tmp_path, "chestmnist", (8, 4, 4))
     multi = build_medmnist("chestmnist", tmp_path / "chestmnist.npz", {})
-    assert multi.info["multilabel"] and multi.label_matrix.shape == (16, 14)
+    assert multi.is_multilabel and multi.info["multilabel"] and multi.label_matrix.shape == (16, 14)
+    assert multi.targets is multi.label_matrix and multi.label_matrix.dtype == np.uint8
     assert multi.class_counts()["atelectasis"] == int(multi.label_matrix[:, 0].sum())
     with pytest.raises(DatasetError, match="multi-label .* task=<finding>"):
         multi.labels
-    with pytest.raises(DatasetError, match="multi-label"):  # single-label split checks refuse it clearly
-        resolve_splits(multi, tmp_path / "r")
+    assignment = resolve_splits(multi, tmp_path / "r")  # the official splits work
+    assert assignment.source == "official" and len(assignment.indices("test")) == 4
     effusion = build_medmnist("chestmnist", tmp_path / "chestmnist.npz", {"task": "effusion"})
     assert effusion.name == "medmnist:chestmnist-effusion" and effusion.classes == ["no effusion", "effusion"]
-    assert np.array_equal(effusion.labels, multi.label_matrix[:, 2])
+    assert np.array_equal(effusion.labels, multi.label_matrix[:, 2]) and not effusion.is_multilabel
     with pytest.raises(DatasetError, match="no task 'lung'"):
         build_medmnist("chestmnist", tmp_path / "chestmnist.npz", {"task": "lung"})
+    # a finding constant within a split would have an undefined AUC there: refused by name
+    write_medmnist(tmp_path / "bad" / "chestmnist.npz", {"train": 8, "val": 3, "test": 5}, "multi")
+    with pytest.raises(DatasetError, match=r"finding\(s\) \['edema'\] have only positive or only negative images "
+                                           r"in the 'val' split"):
+        resolve_splits(build_medmnist("chestmnist", tmp_path / "bad", {}), tmp_path / "r")
+
+
+def test_multilabel_dataset_contract_and_generated_splits(tmp_path: Path):
+    rng = np.random.default_rng(0)
+    n = 60
+    matrix = (rng.random((n, 3)) < 0.4).astype(np.uint8)
+    matrix[:6] = np.eye(3, dtype=np.uint8)[np.arange(6) % 3]
+    table = pd.DataFrame({"image_id": [f"i{k}" for k in range(n)], "group": [f"p{k // 2}" for k in range(n)]})
+    images = rng.integers(0, 255, (n, 8, 8), dtype=np.uint8)
+    dataset = ArrayImageDataset("toy-multi", table, ["a", "b", "c"], images, label_matrix=matrix)
+    assert stratification_labels(dataset).tolist()[:6] == [0, 1, 2, 0, 1, 2]
+    rarest = np.argsort(matrix.sum(0), kind="stable")
+    assert all(stratification_labels(dataset)[k] == next((f for f in rarest if matrix[k, f]), 3) for k in range(n))
+    assignment = resolve_splits(dataset, tmp_path / "r", seed=0)
+    no_group_in_two_splits(dataset, assignment.split)
+    written = pd.read_csv(assignment.source.removeprefix("file:"), keep_default_na=False)
+    assert written["label"].tolist()[:3] == ["a", "b", "c"] and "|" in "".join(written["label"])
+    flipped = matrix.copy()
+    flipped[0, 2] = 1
+    other = ArrayImageDataset("toy-multi", table, ["a", "b", "c"], images, label_matrix=flipped)
+    assert other.manifest_hash() != dataset.manifest_hash()  # the label matrix is part of the manifest
+    with pytest.raises(DatasetError, match="expected \\(60, 2\\)"):
+        ArrayImageDataset("toy-multi", table, ["a", "b"], images, label_matrix=matrix)
+    with pytest.raises(DatasetError, match="only 0 and 1"):
+        ArrayImageDataset("toy-multi", table, ["a", "b", "c"], images, label_matrix=matrix * 2)
+    with pytest.raises(DatasetError, match="lacks columns \\['label'\\]"):  # single-label datasets still need it
+        ArrayImageDataset("toy", table, ["a", "b", "c"], images)

@@ -82,13 +82,13 @@ def test_best_validation_weights_are_restored_not_last(monkeypatch):
     snapshots, scripted = [], iter([0.6, 0.9, 0.7])
     real_predict = medmnist_v2.predict_proba
 
-    def recording_predict(model, imgs, which, batch_size):
+    def recording_predict(model, imgs, which, *args):
         if which is rows["val"]:
             snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
-        return real_predict(model, imgs, which, batch_size)
+        return real_predict(model, imgs, which, *args)
 
     monkeypatch.setattr(medmnist_v2, "predict_proba", recording_predict)
-    monkeypatch.setattr(medmnist_v2, "classification_metrics", lambda y, p, k: {"auroc": next(scripted)})
+    monkeypatch.setattr(medmnist_v2, "point_metrics", lambda y, p: {"auroc": next(scripted)})
     options = {**medmnist_v2.MEDMNIST_V2_DEFAULTS, "epochs": 3, "batch_size": 8}
     tiny = lambda: torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
                                        torch.nn.Linear(4, 2))  # the selection logic, not the architecture, is tested
