@@ -9,8 +9,15 @@ Layout (``--root DIR``; ``DIR`` may be ``release_v0`` or the folder that holds i
 
 Options: ``variant=derm`` (dermoscopic, default) or ``clinic``; ``task=melanoma`` (default: any
 melanoma diagnosis vs the rest, as CHAVES's 3.2.* codes) or ``diagnosis`` (the release's 5 grouped
-classes BCC, NEV, MEL, MISC, SK, as ``ArgenzianoDatasetGroupInfrequent``). Official splits from
-the index CSVs when present. Group: ``case_num``. Subgroups: ``sex``, ``site`` (``location``).
+classes BCC, NEV, MEL, MISC, SK, as ``ArgenzianoDatasetGroupInfrequent``). Group: ``case_num``.
+Subgroups: ``sex``, ``site`` (``location``).
+
+Splits: with the three index CSVs present (``splits=official``, the default) they are used as given.
+meta.csv rows in no index CSV are excluded (``unindexed=exclude``, the default; their number is
+``info["unindexed_rows"]``, recorded with every result, and a warning names it) or refused
+(``unindexed=error``); they never make the loader switch to generated splits. Without index CSVs,
+or with ``splits=generated`` (every row, index CSVs ignored), splits are generated (grouped by case,
+stratified, seeded, saved) and ``info["split_source"]`` says so.
 """
 from __future__ import annotations
 
@@ -38,6 +45,10 @@ _NEVI = ("nevus", "blue nevus", "clark nevus", "combined nevus", "congenital nev
          "recurrent nevus", "reed or spitz nevus")
 _MISC = ("dermatofibroma", "lentigo", "melanosis", "miscellaneous", "vascular lesion")
 SPLIT_FILES = {"train": "train_indexes.csv", "val": "valid_indexes.csv", "test": "test_indexes.csv"}
+SPLIT_CHOICES = {"official": "the release's meta/{train,valid,test}_indexes.csv when present (default)",
+                 "generated": "ignore the index CSVs: every meta.csv row, generated grouped stratified splits"}
+UNINDEXED_CHOICES = {"exclude": "drop meta.csv rows that no index CSV lists, and count them (default)",
+                     "error": "refuse a release whose index CSVs do not cover every meta.csv row"}
 
 
 def grouped_diagnosis(diagnosis: str) -> str | None:
@@ -65,16 +76,19 @@ def release_dir(root: Path) -> Path:
 
 
 def build_derm7pt(root: Path | None, options: dict) -> FileImageDataset:
-    check_options(NAME, options, ("variant",))
+    check_options(NAME, options, ("variant", "splits", "unindexed"))
     task = choose_task(NAME, options, TASKS)
     column = VARIANTS[choose_option(NAME, options, "variant", VARIANT_CHOICES)]
+    split_choice = choose_option(NAME, options, "splits", SPLIT_CHOICES)
+    unindexed = choose_option(NAME, options, "unindexed", UNINDEXED_CHOICES)
     base = release_dir(resolve_root(NAME, root, "derm7pt", "release_v0/meta/meta.csv"))
     meta_path = base / "meta" / "meta.csv"
     frame = read_csv(meta_path, ("diagnosis", "clinic", "derm"), NAME)
     frame["row"] = np.arange(len(frame))
     groups = frame["case_num"] if "case_num" in frame.columns else frame["row"].astype(str)
     frame["group"] = groups.astype(str)
-    frame["split"] = _official_splits(base, len(frame))
+    rows_in_meta = len(frame)
+    frame, split_source = _select_splits(frame, base, split_choice, unindexed)
     groups5 = frame["diagnosis"].map(grouped_diagnosis)
     unknown = sorted(set(frame.loc[groups5.isna(), "diagnosis"]))
     if unknown:
@@ -93,23 +107,45 @@ def build_derm7pt(root: Path | None, options: dict) -> FileImageDataset:
         log.warning("derm7pt: %d of %d %s images not found under %s", missing, len(frame), column, base / "images")
     table = pd.DataFrame({"image_id": frame[column].str.strip(), "path": paths, "label": labels,
                           "group": frame["group"], "diagnosis": frame["diagnosis"]})
-    if frame["split"].notna().all():
+    if split_source == "index CSVs":
         table["split"] = frame["split"].to_numpy()
     for source, target in (("sex", "sex"), ("location", "site")):
         if source in frame.columns:
             table[target] = clean_values(frame[source])
     info = {"primary_metric": primary_metric_for(len(classes)), "missing_images": missing, "variant": column,
-            "groups": "case_num"}
+            "groups": "case_num", "split_source": split_source, "rows_in_meta": rows_in_meta,
+            "unindexed_rows": rows_in_meta - len(frame) if split_source == "index CSVs" else 0}
     low_data = low_data_settings(NAME, options)
     if low_data:
         info["low_data"] = low_data
-    name = built_name(NAME, task, "melanoma", ["clinic"] if column == "clinic" else [], low_data, options)
+    extra = (["clinic"] if column == "clinic" else []) + (["generated-splits"] if split_choice == "generated" else [])
+    name = built_name(NAME, task, "melanoma", extra, low_data, options)
     return FileImageDataset(name, table, classes, task=f"{TASKS[task]} ({column} images)",
                             subgroup_columns=("sex", "site"), root=base, info=info)
 
 
+def _select_splits(frame: pd.DataFrame, base: Path, choice: str, unindexed: str) -> tuple[pd.DataFrame, str]:
+    """meta.csv rows with a ``split`` column from the index CSVs (rows in none excluded or refused, per
+    ``unindexed``), and where the splits come from: "index CSVs" or "generated (...)" (``split`` all None)."""
+    frame = frame.copy()
+    frame["split"] = _official_splits(base, len(frame)) if choice == "official" else None
+    indexed = frame["split"].notna()
+    if not indexed.any():
+        return frame, "generated (splits=generated)" if choice == "generated" else "generated (no index CSVs)"
+    if not indexed.all():
+        unlisted = int((~indexed).sum())
+        if unindexed == "error":
+            raise DatasetError(f"dataset '{NAME}': {unlisted} of {len(frame)} meta.csv rows are in no index CSV "
+                               f"(e.g. rows {np.flatnonzero(~indexed.to_numpy())[:5].tolist()}); use "
+                               f"--dataset-option unindexed=exclude to drop them or splits=generated to use every row")
+        log.warning("derm7pt: %d of %d meta.csv rows are in no index CSV; they are excluded (counted in the record "
+                    "as unindexed_rows; --dataset-option splits=generated uses every row)", unlisted, len(frame))
+        frame = frame[indexed].reset_index(drop=True)
+    return frame, "index CSVs"
+
+
 def _official_splits(base: Path, n_rows: int) -> pd.Series:
-    """Split names from the index CSVs (all None when they are absent)."""
+    """Split names from the index CSVs (all None when they are absent; None for rows in no index CSV)."""
     split = pd.Series([None] * n_rows, dtype=object)
     files = {s: base / "meta" / f for s, f in SPLIT_FILES.items()}
     present = [s for s, p in files.items() if p.is_file()]
@@ -130,9 +166,6 @@ def _official_splits(base: Path, n_rows: int) -> pd.Series:
         if split.iloc[rows].notna().any():
             raise DatasetError(f"dataset '{NAME}': {path.name} repeats rows already in another split")
         split.iloc[rows] = name
-    if split.isna().any():
-        log.warning("derm7pt: %d meta.csv rows are in no index CSV; splits will be generated", int(split.isna().sum()))
-        return pd.Series([None] * n_rows, dtype=object)
     return split
 
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from datasets.base import DatasetError
-from datasets.derm7pt import build_derm7pt
+from datasets.derm7pt import SPLIT_FILES, build_derm7pt
 from datasets.fitzpatrick17k import build_fitzpatrick17k
 from datasets.pad_ufes20 import REQUIRED, build_pad_ufes20
 from datasets.splits import resolve_splits
@@ -89,6 +89,34 @@ def test_derm7pt_variants_tasks_official_splits(tmp_path: Path):
     (tmp_path / "derm7pt" / "release_v0" / "meta" / "test_indexes.csv").unlink()
     with pytest.raises(DatasetError, match="all of train_indexes.csv"):
         build_derm7pt(tmp_path / "derm7pt", {})
+
+
+def test_derm7pt_rows_in_no_index_csv_are_excluded_and_counted_never_a_silent_switch(tmp_path: Path, caplog):
+    base = tmp_path / "derm7pt" / "release_v0"
+    make_derm7pt(base)
+    full = build_derm7pt(base, {})
+    assert full.info["split_source"] == "index CSVs" and full.info["unindexed_rows"] == 0
+    write_csv(base / "meta" / "test_indexes.csv", ["indexes"], [[i] for i in (12, 13)])  # rows 14, 15 in no index
+    partial = build_derm7pt(base, {})
+    assert len(partial) == 14 and partial.info["unindexed_rows"] == 2 and partial.info["rows_in_meta"] == 16
+    assert partial.has_official_splits and partial.table["split"].value_counts().to_dict() == {"train": 8, "val": 4,
+                                                                                                 "test": 2}
+    assert "2 of 16 meta.csv rows are in no index CSV; they are excluded" in caplog.text
+    assert set(partial.table["group"]) == {str(case) for case in range(1, 15)}  # cases 15, 16 dropped
+    assignment = resolve_splits(partial, tmp_path / "r")
+    assert assignment.source == "official" and len(assignment.indices("test")) == 2
+    assert partial.manifest_hash() != full.manifest_hash()
+    with pytest.raises(DatasetError, match="2 of 16 meta.csv rows are in no index CSV \\(e.g. rows \\[14, 15\\]\\)"):
+        build_derm7pt(base, {"unindexed": "error"})
+    generated = build_derm7pt(base, {"splits": "generated"})  # every row, generated splits, another name
+    assert generated.name == "derm7pt-generated-splits" and len(generated) == 16
+    assert not generated.has_official_splits and generated.info["split_source"] == "generated (splits=generated)"
+    assert resolve_splits(generated, tmp_path / "r").source.startswith("file:")
+    with pytest.raises(DatasetError, match="no splits 'random'"):
+        build_derm7pt(base, {"splits": "random"})
+    for name in SPLIT_FILES.values():
+        (base / "meta" / name).unlink()
+    assert build_derm7pt(base, {}).info["split_source"] == "generated (no index CSVs)"
 
 
 def test_fitzpatrick17k_drops_bad_images_with_counts(tmp_path: Path):
