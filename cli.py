@@ -869,6 +869,58 @@ def leaderboard(results_dir: Path, out: Path | None, show: bool) -> None:
 
 
 @cli.command()
+@click.argument("encoder_a")
+@click.argument("encoder_b")
+@click.option("--results", "results_dir", type=click.Path(path_type=Path), default=DEFAULT_RESULTS, show_default=True,
+              help="Results folder holding both encoders' records.")
+@click.option("--dataset", "-d", default=None, help="Only this dataset (the record's dataset name).")
+@click.option("--evaluator", "-e", default=None, help="Only this evaluator.")
+@click.option("--variant", default=None, help="Only this variant (preset name, e.g. quick).")
+@click.option("--n-boot", type=click.IntRange(100), default=2000, show_default=True, help="Paired bootstrap resamples.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def compare(encoder_a: str, encoder_b: str, results_dir: Path, dataset: str | None, evaluator: str | None,
+            variant: str | None, n_boot: int, seed: int, as_json: bool) -> None:
+    """Paired difference ENCODER_A - ENCODER_B in the primary metric, on the same test items.
+
+    For every (evaluator, variant, dataset) both encoders have a record of: the difference with
+    its 95 % CI and p-value (paired stratified bootstrap; DeLong for AUROC; paired t over the same
+    episodes for few-shot). Records of different protocols are never paired. See docs/comparison.md.
+    """
+    from benchmark import comparison
+    from benchmark.predictions import PredictionsError
+    from benchmark.records import load_records
+    records, errors = load_records(results_dir)
+    for path, reason in errors:
+        click.echo(f"warning: skipped unreadable record {path}: {reason}", err=True)
+    try:
+        pairs = comparison.matching_pairs(records, encoder_a, encoder_b, dataset, evaluator, variant)
+    except comparison.ComparisonError as error:
+        raise click.ClickException(str(error)) from None
+    rows, failures = [], []
+    for a, b in pairs:
+        identity = a.identity
+        where = f"{identity.evaluator}/{identity.variant} on {identity.dataset} ({a.primary_metric})"
+        try:
+            result = comparison.compare(a, b, results_dir, n_boot=n_boot, seed=seed)
+        except (comparison.ComparisonError, PredictionsError) as error:
+            failures.append(f"{where}: not paired: {error}")
+            continue
+        rows.append({"evaluator": identity.evaluator, "variant": identity.variant, "dataset": identity.dataset,
+                     "encoder_a": encoder_a, "encoder_b": encoder_b, **result.to_dict()})
+        if not as_json:
+            click.echo(f"{where}: {encoder_a} - {encoder_b} = {result.difference:+.4f} "
+                       f"[{result.ci[0]:+.4f}, {result.ci[1]:+.4f}], p = {result.p_value:.4g}")
+            click.echo(f"  {encoder_a} {result.value_a:.4f}, {encoder_b} {result.value_b:.4f}; {result.method}, n = {result.n}")
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    for line in failures:
+        click.echo(line, err=True)
+    if not rows:
+        raise click.ClickException("nothing could be paired" if len(failures) != 1 else failures[0])
+
+
+@cli.command()
 @click.option("--model", "models_", multiple=True, help="Encoders (default: every default encoder usable offline).")
 @click.option("--dataset", "datasets_", multiple=True, help="Datasets (default: synthderm).")
 @click.option("--evaluator", "evaluators_", multiple=True, help="Evaluators (default: every one with a main-job preset).")

@@ -64,6 +64,7 @@ __all__ = [
     "evaluate_scores",
     "point_metrics",
     "subgroup_metrics",
+    "subgroup_key",
     "mean_sd",
 ]
 
@@ -390,7 +391,7 @@ def evaluate_scores(y_true: np.ndarray, scores: np.ndarray, n_boot: int = 1000, 
 _MISSING_STRINGS = {"", "unknown", "nan", "none", "null", "na", "n/a"}
 
 
-def _subgroup_key(value: Any) -> str | None:
+def subgroup_key(value: Any) -> str | None:
     """Canonical string key of a subgroup value, or None when missing/unknown.
 
     Missing: None, NaN (incl. pandas NA/NaT), and (case-insensitively, stripped) the strings
@@ -438,7 +439,7 @@ def subgroup_metrics(
     y_true: [N]; proba: [N, C] (multi-label: y_true 0/1 [N, L], proba [N, L]); subgroups: {column: [N]
     values} (e.g. "sex", "fitzpatrick"). Returns ``{column: {str(value): {"n": n, metric: {"value", "ci"},
     ...}}}`` for values with ``>= min_size`` samples; missing/unknown values are skipped (see
-    :func:`_subgroup_key`). Groups with a single class get ``auroc`` NaN (logged).
+    :func:`subgroup_key`). Groups with a single class get ``auroc`` NaN (logged).
     """
     if np.ndim(y_true) == 2:
         y, proba = _check_multilabel(y_true, proba)
@@ -450,7 +451,7 @@ def subgroup_metrics(
         values = np.asarray(values, dtype=object)
         if values.shape != (n,):
             raise ValueError(f"subgroup {column!r} has shape {values.shape}, expected ({n},)")
-        keys = np.array([_subgroup_key(v) for v in values], dtype=object)
+        keys = np.array([subgroup_key(v) for v in values], dtype=object)
         valid = np.array([k is not None for k in keys], dtype=bool)
         col: dict[str, dict] = {}
         for key in sorted({k for k in keys[valid]}, key=_sort_key):
@@ -474,3 +475,10 @@ def mean_sd(values: Sequence[float]) -> dict:
         raise ValueError("mean_sd needs a non-empty 1-D sequence of numbers")
     sd = float(np.std(v, ddof=1)) if v.size > 1 else 0.0
     return {"mean": float(np.mean(v)), "sd": sd, "n": int(v.size), "values": [float(x) for x in v]}
+
+
+# Public names for the paired statistics (benchmark.stats): the very code paths of the record CIs.
+check_inputs = _check_inputs
+metrics_for_resamples = _metrics_for_resamples
+resample_indices = _resample_indices
+CHUNK_ELEMENTS = _CHUNK_ELEMENTS

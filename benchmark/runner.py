@@ -31,6 +31,7 @@ import torch
 
 from benchmark import distributed
 from benchmark.locks import file_lock
+from benchmark.predictions import write_predictions
 from benchmark.records import (Identity, RecordError, ResultRecord, jsonable, protocol_differences, protocol_hash,
                                read_record, record_path, write_record)
 from datasets.base import ImageDataset
@@ -275,8 +276,12 @@ class Runner:
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **{f"cost_{k}": v for k, v in output.cost.items()},
         }
+        extra = dict(output.extra)
+        if output.predictions is not None:  # side file first: a record never points at a file not yet written
+            extra["predictions_file"] = write_predictions(output.predictions, plan.path,
+                                                          write=distributed.is_main_process())
         record = ResultRecord(identity=identity, metrics=output.metrics, primary_metric=output.primary_metric,
-                              protocol=protocol, provenance=provenance, subgroups=output.subgroups, extra=output.extra)
+                              protocol=protocol, provenance=provenance, subgroups=output.subgroups, extra=extra)
         if distributed.is_main_process():  # under torchrun only rank 0 writes
             write_record(record, self.settings.results_dir)
         return record

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from benchmark.features import Features, extract_features
+from benchmark.predictions import Predictions
 from datasets.base import ImageDataset
 from datasets.splits import SplitAssignment
 from pretrained.encoder import Encoder, EncoderSpec, LoadOptions
@@ -29,7 +30,9 @@ class EvalOutput:
     """What an evaluator returns; the runner turns it into a :class:`ResultRecord`.
 
     ``metrics``: name -> {"value", "ci", ...}; ``resolved``: protocol facts decided at run time
-    (chosen C, episodes actually run); ``cost``: {"images_per_second", "seconds"}.
+    (chosen C, episodes actually run); ``cost``: {"images_per_second", "seconds"}; ``predictions``:
+    the per-item test outcomes behind the primary metric (:mod:`benchmark.predictions`), which the
+    runner writes into the record's side file so records can be paired (``cli.py compare``).
     """
 
     metrics: dict[str, dict[str, Any]]
@@ -38,6 +41,7 @@ class EvalOutput:
     resolved: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     cost: dict[str, float] = field(default_factory=dict)
+    predictions: Predictions | None = None
 
 
 @dataclass

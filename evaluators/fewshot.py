@@ -25,6 +25,7 @@ import math
 import numpy as np
 import torch
 
+from benchmark.predictions import episode_predictions, fingerprint_of
 from benchmark.records import metric
 from evaluators.base import EvalContext, EvalOutput, EvaluatorSpec
 from evaluators.registry import EVALUATORS
@@ -120,7 +121,7 @@ def eligible_classes(labels: np.ndarray, n_classes: int, per_class: int) -> tupl
 
 def run_few_shot(x: torch.Tensor, labels: np.ndarray, n_classes: int, shots: int, n_way: int, n_query: int,
                  episodes: int, seed: int, max_chunk_mb: float = 256) -> tuple[np.ndarray, dict]:
-    """All episodes of one K: (accuracies [E], facts). Raises ValueError when < 2 classes qualify."""
+    """All episodes of one K: (accuracies [E], facts incl. ``positions`` [E, N, K+Q]). ValueError when < 2 classes qualify."""
     per_class = shots + n_query
     classes, excluded = eligible_classes(labels, n_classes, per_class)
     if len(classes) < 2:
@@ -129,7 +130,7 @@ def run_few_shot(x: torch.Tensor, labels: np.ndarray, n_classes: int, shots: int
     way = min(n_way, len(classes))
     positions = sample_episodes(labels, classes, way, per_class, episodes, episode_seed(seed, shots))
     accuracies = episode_accuracies(x, positions, shots, max_chunk_mb).numpy()
-    return accuracies, {"n_way": way, "eligible_classes": classes, "excluded_classes": excluded}
+    return accuracies, {"n_way": way, "eligible_classes": classes, "excluded_classes": excluded, "positions": positions}
 
 
 def _summary(accuracies: np.ndarray) -> dict:
@@ -158,7 +159,7 @@ def run_fewshot(context: EvalContext, options: dict) -> EvalOutput:
     test = context.features("test")
     names = context.dataset.classes
     x = torch.as_tensor(test.x, device=context.device)
-    metrics, per_shots, skipped = {}, {}, {}
+    metrics, per_shots, skipped, episodes = {}, {}, {}, {}
     for shots in shots_list:
         try:
             accuracies, facts = run_few_shot(x, test.y, context.dataset.num_classes, shots, int(options["n_way"]),
@@ -172,6 +173,7 @@ def run_fewshot(context: EvalContext, options: dict) -> EvalOutput:
             log.warning("fewshot %d-shot: classes %s have fewer than %d test images and are excluded from sampling",
                         shots, {names[c]: n for c, n in facts["excluded_classes"].items()}, shots + int(options["n_query"]))
         metrics[f"accuracy@{shots}shot"] = _summary(accuracies)
+        episodes[shots] = episode_predictions(accuracies, fingerprint_of(test.ids[facts["positions"].numpy()]), shots=shots)
         per_shots[str(shots)] = {"n_way": facts["n_way"], "eligible_classes": [names[c] for c in facts["eligible_classes"]],
                                  "excluded_classes": {names[c]: n for c, n in facts["excluded_classes"].items()}}
     if not metrics:
@@ -188,7 +190,7 @@ def run_fewshot(context: EvalContext, options: dict) -> EvalOutput:
         resolved={"primary_shots": primary_shots, "per_shots": per_shots, "skipped_shots": skipped,
                   "n_query": int(options["n_query"]), "episodes": int(options["episodes"]), "split": "test",
                   "n_test": int(len(test)), "classifier": "prototypes, squared Euclidean, raw features"},
-        cost=context.feature_cost())
+        cost=context.feature_cost(), predictions=episodes[primary_shots])
 
 
 EVALUATORS.add("fewshot", EvaluatorSpec(

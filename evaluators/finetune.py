@@ -46,8 +46,10 @@ from torch.utils.data import DataLoader
 
 from benchmark import distributed
 from benchmark.atomic import atomic_torch_save
+from benchmark.calibration import calibration_metrics
 from benchmark.device import autocast_dtype, default_workers
 from benchmark.metrics import METRIC_NAMES, MULTILABEL_METRIC_NAMES, evaluate_scores, point_metrics, subgroup_metrics
+from benchmark.predictions import image_predictions
 from benchmark.records import write_json_atomic
 from datasets.base import ImageDataset
 from evaluators.augment import AugmentedImages, EvalImages, train_augmentation
@@ -260,8 +262,8 @@ def run_finetune(context: EvalContext, options: dict) -> EvalOutput:
     workers = default_workers() if context.extraction.num_workers is None else context.extraction.num_workers
     amp = bool(options["amp"]) and device.type == "cuda"
     train_images = AugmentedImages(dataset, train_rows, augment, encoder.preprocessing, size)
-    validate = make_validator(EvalBatches(dataset, val_rows, eval_preprocessing, int(options["eval_batch_size"]),
-                                          workers, cache=True), dataset.targets[val_rows], n_classes, device, amp)
+    val_batches = EvalBatches(dataset, val_rows, eval_preprocessing, int(options["eval_batch_size"]), workers, cache=True)
+    validate = make_validator(val_batches, dataset.targets[val_rows], n_classes, device, amp)
     fingerprint = {
         "options": {k: v for k, v in options.items() if k not in _RUNTIME_OPTIONS},
         "encoder": encoder.name, "weights_sha256": encoder.provenance.get("weights_sha256"),
@@ -340,6 +342,10 @@ def run_finetune(context: EvalContext, options: dict) -> EvalOutput:
         probabilities = output_scores(logits.double(), multilabel).numpy()
     test_labels = dataset.targets[test_rows]
     metrics = evaluate_scores(test_labels, probabilities, n_boot=int(options["n_boot"]), seed=context.seed)
+    if not multilabel:  # ECE is a single-label notion
+        val_probabilities = torch.softmax(predict_logits(model, val_batches, n_classes, device, amp).double(), dim=1).numpy()
+        metrics.update(calibration_metrics(dataset.labels[val_rows], val_probabilities, test_labels, probabilities,
+                                           n_boot=int(options["n_boot"]), seed=context.seed))
     subgroups = subgroup_metrics(test_labels, probabilities, dataset.subgroups(test_rows), seed=context.seed)
     if distributed.is_main_process():
         _save_predictions(artifacts / "test_predictions.npz", dataset.ids[test_rows], test_labels, probabilities)
@@ -361,7 +367,9 @@ def run_finetune(context: EvalContext, options: dict) -> EvalOutput:
                "checkpoint": str(artifacts / "best.pt") if options["save_best"] else None,
                "predictions": str(artifacts / "test_predictions.npz")},
         cost={"images_per_second": images_trained / train_seconds if train_seconds > 0 and images_trained else float("nan"),
-              "train_seconds": train_seconds, "validation_seconds": sum(r["eval_seconds"] for r in runs)})
+              "train_seconds": train_seconds, "validation_seconds": sum(r["eval_seconds"] for r in runs)},
+        predictions=None if multilabel else image_predictions(dataset.ids[test_rows], test_labels, probabilities,
+                                                               dataset.subgroups(test_rows)))
 
 
 def _finished_run(run_dir: Path, fingerprint: dict) -> dict | None:

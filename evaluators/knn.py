@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from benchmark.features import Features
 from benchmark.metrics import evaluate_scores, subgroup_metrics
+from benchmark.predictions import image_predictions
 from evaluators.base import EvalContext, EvalOutput, EvaluatorSpec
 from evaluators.registry import EVALUATORS
 
@@ -150,7 +151,9 @@ def run_knn(context: EvalContext, options: dict) -> EvalOutput:
                   "n_test": int(len(test)), "similarity": "cosine (L2-normalised features)",
                   **({"multilabel": "one-vs-rest per finding: weighted share of neighbours with it"} if multilabel
                      else {})},
-        cost=context.feature_cost())
+        cost=context.feature_cost(),
+        predictions=None if multilabel else image_predictions(test.ids, test.y, probabilities[primary_k],
+                                                               context.dataset.subgroups(test.indices), k=primary_k))
 
 
 EVALUATORS.add("knn", EvaluatorSpec(

@@ -21,6 +21,7 @@ import torch
 
 from benchmark import distributed
 from benchmark.metrics import METRIC_NAMES, classification_metrics, mean_sd
+from benchmark.predictions import fingerprint_of, image_predictions
 from benchmark.records import metric, write_json_atomic
 from evaluators.base import EvalContext, EvalOutput, EvaluatorSpec
 from evaluators.linear import LINEAR_DEFAULTS, fit_and_score, standardizer
@@ -110,6 +111,7 @@ def _run(context: EvalContext, options: dict) -> EvalOutput:
     scores: dict[int, list[dict]] = {k: [] for k in feasible}
     chosen: dict[int, list[float]] = {k: [] for k in feasible}
     supports: dict[str, dict[str, list[int]]] = {str(k): {} for k in feasible}
+    probabilities: dict[int, list[np.ndarray]] = {k: [] for k in feasible}  # per seed: [N_test, C]
     for draw in range(int(options["seeds"])):
         permutations = support_permutations(train.y, n_classes, context.seed, draw)
         for k in feasible:
@@ -123,6 +125,7 @@ def _run(context: EvalContext, options: dict) -> EvalOutput:
                                max_iter=int(options["max_iter"]), tol=float(options["tol"]))
             proba = fit.predict_proba(torch.as_tensor(transform(test.x), dtype=dtype, device=context.device))
             scores[k].append(classification_metrics(test.y, proba, n_classes))
+            probabilities[k].append(proba)
             chosen[k].append(best_c)
             supports[str(k)][str(draw)] = train.indices[rows].tolist()
     metrics = {}
@@ -147,7 +150,10 @@ def _run(context: EvalContext, options: dict) -> EvalOutput:
         extra={"C_per_k": {str(k): chosen[k] for k in feasible},
                "n_fits": int(options["seeds"]) * len(feasible) * (int(options["wd_steps"]) + 1),
                "support_file": str(context.artifacts_dir / "supports.json")},
-        cost=context.feature_cost())
+        cost=context.feature_cost(),
+        predictions=image_predictions(test.ids, test.y, np.stack(probabilities[primary_k]),
+                                      fingerprint=fingerprint_of(*(context.dataset.ids[rows] for rows in supports[str(primary_k)].values())),
+                                      replicates="support seeds", k=primary_k))
 
 
 EVALUATORS.add("kshot-linear", EvaluatorSpec(

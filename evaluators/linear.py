@@ -15,7 +15,9 @@ import logging
 import numpy as np
 import torch
 
+from benchmark.calibration import calibration_metrics
 from benchmark.metrics import classification_metrics, evaluate_with_ci, subgroup_metrics
+from benchmark.predictions import image_predictions
 from evaluators.base import EvalContext, EvalOutput, EvaluatorSpec
 from evaluators.linear_solver import fit_logistic, regularization_path
 from evaluators.registry import EVALUATORS
@@ -78,13 +80,21 @@ def run_linear(context: EvalContext, options: dict) -> EvalOutput:
                        max_iter=int(options["max_iter"]), tol=float(options["tol"]))
     proba = fit.predict_proba(torch.as_tensor(transform(test.x), dtype=dtype, device=context.device))
     metrics = evaluate_with_ci(test.y, proba, n_boot=int(options["n_boot"]), seed=context.seed)
+    # temperature fitted on val predictions of a model that did not see val: the train-only fit at the chosen C
+    held_out = fit if options["refit_on"] == "train" else fit_logistic(
+        torch.as_tensor(transform(train.x), dtype=dtype, device=context.device),
+        torch.as_tensor(train.y, dtype=torch.int64, device=context.device), n_classes, best_c,
+        max_iter=int(options["max_iter"]), tol=float(options["tol"]))
+    metrics.update(calibration_metrics(val.y, held_out.predict_proba(torch.as_tensor(transform(val.x), dtype=dtype, device=context.device)),
+                                       test.y, proba, n_boot=int(options["n_boot"]), seed=context.seed))
     subgroups = subgroup_metrics(test.y, proba, context.dataset.subgroups(test.indices), seed=context.seed)
     return EvalOutput(
         metrics=metrics, primary_metric=primary, subgroups=subgroups,
         resolved={"C": best_c, "wd": 1.0 / best_c, "selection_metric": selection, "converged": fit.converged,
                   "n_iter": fit.n_iter, "n_train": int(len(refit_y)), "n_test": int(len(test.y))},
         extra={"val_curve": [{"C": c, "score": s} for c, s in scores]},
-        cost=context.feature_cost())
+        cost=context.feature_cost(),
+        predictions=image_predictions(test.ids, test.y, proba, context.dataset.subgroups(test.indices)))
 
 
 EVALUATORS.add("linear", EvaluatorSpec(
