@@ -869,6 +869,24 @@ def leaderboard(results_dir: Path, out: Path | None, show: bool) -> None:
 
 
 @cli.command()
+@click.option("--results", "results_dir", type=click.Path(path_type=Path), default=DEFAULT_RESULTS, show_default=True,
+              help="Results folder to report on.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Report folder [default: RESULTS/report].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the paired bootstraps.")
+def report(results_dir: Path, out: Path | None, seed: int) -> None:
+    """Write a self-contained report folder: index.html, leaderboard.md/.csv, LaTeX tables, figures."""
+    from benchmark.report import write_report
+    if not (results_dir / "records").is_dir():
+        raise click.BadParameter(f"{results_dir} has no records/ folder; run an evaluator or `cli.py benchmark` first",
+                                 param_hint="--results")
+    written = write_report(results_dir, out, seed=seed)
+    for path, reason in written.board.errors:
+        click.echo(f"warning: skipped corrupt record {path}: {reason}", err=True)
+    click.echo(f"wrote {written.index} ({len(written.latex)} tables, {len(written.figures)} figures)")
+
+
+@cli.command()
 @click.argument("encoder_a")
 @click.argument("encoder_b")
 @click.option("--results", "results_dir", type=click.Path(path_type=Path), default=DEFAULT_RESULTS, show_default=True,
@@ -993,11 +1011,13 @@ def benchmark(models_, datasets_, evaluators_, roots, shard, dry_run, **common) 
         _print_outcome(_run_user_action(lambda: runner.run(plan.cell, wait=True)))
     from benchmark.distributed import is_main_process
     if is_main_process():
-        markdown, csv, board = write_leaderboard(settings.results_dir)
+        from benchmark.report import write_report
+        written = write_report(settings.results_dir)
+        markdown, csv, board = write_leaderboard(settings.results_dir, board=written.board)
         click.echo(markdown.read_text())
         for path, reason in board.errors:
             click.echo(f"warning: skipped unreadable record {path}: {reason}", err=True)
-        click.echo(f"wrote {markdown} and {csv}", err=True)
+        click.echo(f"wrote {markdown}, {csv} and the report {written.index}", err=True)
 
 
 if __name__ == "__main__":

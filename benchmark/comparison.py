@@ -265,3 +265,56 @@ def matching_pairs(records: list[ResultRecord], encoder_a: str, encoder_b: str, 
         raise ComparisonError(f"'{encoder_a}' and '{encoder_b}' have no (evaluator, variant, dataset) in common"
                               + (f" with {where}" if where else ""))
     return [(by_encoder[encoder_a][key], by_encoder[encoder_b][key]) for key in shared]
+
+
+# -- subgroups -------------------------------------------------------------------------------------
+SUBGROUP_MIN_N = 30  # subgroups with fewer test images are shown, marked small, and never ranked
+
+
+@dataclass
+class SubgroupGap:
+    """Worst and best subgroup of one column (e.g. Fitzpatrick type) for one record, and their gap."""
+
+    column: str
+    worst: str
+    best: str
+    worst_value: float
+    best_value: float
+    gap: float  # best - worst
+    ci: tuple[float, float] | None  # bootstrap over the images of both subgroups (needs the side file)
+    n_ranked: int
+
+
+def subgroup_gap(record: ResultRecord, column: str, predictions: Predictions | None, min_n: int = SUBGROUP_MIN_N,
+                 n_boot: int = LEADERBOARD_N_BOOT, seed: int = 0) -> SubgroupGap | None:
+    """Best-worst gap in the primary metric among the record's subgroups of ``column`` with n >= ``min_n``.
+
+    The CI resamples each of the two subgroups on its own (stratified by class; they are disjoint,
+    so independent) from the side file; without a usable side file the gap has no CI.
+    """
+    metric = record.primary_metric
+    groups = {key: entry for key, entry in record.subgroups.get(column, {}).items()
+              if isinstance(entry, dict) and entry.get("n", 0) >= min_n
+              and isinstance(entry.get(metric, {}).get("value"), (int, float))
+              and math.isfinite(entry[metric]["value"])}
+    if len(groups) < 2:
+        return None
+    ordered = sorted(groups, key=lambda key: groups[key][metric]["value"])
+    worst, best = ordered[0], ordered[-1]
+    worst_value, best_value = groups[worst][metric]["value"], groups[best][metric]["value"]
+    ci = None
+    if predictions is not None and predictions.unit == "image" and column in predictions.subgroups:
+        values = predictions.subgroups[column]
+        reps = []
+        for offset, key in enumerate((best, worst)):
+            mask = values == key
+            _, rep = stats.replicate_metric(predictions.labels[mask], [predictions.probabilities[:, mask]], metric,
+                                            n_boot, seed + offset)
+            reps.append(rep[0])
+        d = reps[0] - reps[1]
+        d = d[np.isfinite(d)]
+        if d.size:
+            lo, hi = np.percentile(d, [100 * ALPHA / 2, 100 * (1 - ALPHA / 2)])
+            ci = (float(lo), float(hi))
+    return SubgroupGap(column, worst, best, float(worst_value), float(best_value), float(best_value - worst_value), ci,
+                       len(groups))

@@ -13,44 +13,13 @@ from benchmark import comparison
 from benchmark.predictions import (PredictionsError, Predictions, image_predictions, load_predictions,
                                    predictions_path)
 from benchmark.records import load_records, record_path, write_record
-from benchmark.runner import Cell, Runner, RunSettings
-from benchmark.testing import tiny_encoder_spec
-from datasets.base import DatasetSpec
-from datasets.registry import DATASETS
-from datasets.synthderm import build_synthderm
-from evaluators.base import ExtractionSettings
-from pretrained.registry import ENCODERS
 
-ENCODER_NAMES = ("tiny-a", "tiny-b", "tiny-c")
-CELLS = {"linear": {"wd_min_exp": -1, "wd_max_exp": 2, "wd_steps": 3, "max_iter": 100, "n_boot": 200}, "knn": {"ks": [5], "primary_k": 5, "n_boot": 200},
-         "fewshot": {"shots": [2], "primary_shots": 2, "n_query": 3, "episodes": 60},
-         "kshot-linear": {"ks": [2], "primary_k": 2, "seeds": 2, "wd_steps": 3, "max_iter": 50}}
+EVALUATORS = ("linear", "knn", "fewshot", "kshot-linear")  # the cells of tests/benchmark/conftest.py
 
 
-@pytest.fixture(scope="module")
-def grid(tmp_path_factory) -> Path:
-    """Three tiny encoders x synthderm-cmp x four evaluators, run once for the module."""
-    results = tmp_path_factory.mktemp("cmp") / "results"
-    for seed, name in enumerate(ENCODER_NAMES):
-        ENCODERS.add(name, tiny_encoder_spec(name, seed=seed), origin="test")
-    spec = DatasetSpec(name="synthderm-cmp", needs_root=False, description="test",
-                       build=lambda root, options: _named(build_synthderm(None, {"n_lesions": 100, "image_size": 32, "seed": 3})))
-    DATASETS.add(spec.name, spec, origin="test")
-    settings = RunSettings(results_dir=results, extraction=ExtractionSettings(device=torch.device("cpu"), num_workers=0,
-                                                                              cache_dir=None))
-    runner = Runner(settings)
-    for evaluator, overrides in CELLS.items():
-        for name in ENCODER_NAMES:
-            runner.run(Cell(name, "synthderm-cmp", evaluator, overrides=overrides))
-    yield results
-    for name in ENCODER_NAMES:
-        ENCODERS.remove(name)
-    DATASETS.remove(spec.name)
-
-
-def _named(dataset):
-    dataset.name = "synthderm-cmp"
-    return dataset
+@pytest.fixture
+def grid(comparison_grid):
+    return comparison_grid
 
 
 def _records(results: Path, evaluator: str) -> dict[str, object]:
@@ -60,7 +29,7 @@ def _records(results: Path, evaluator: str) -> dict[str, object]:
 
 
 def test_every_evaluator_leaves_a_verified_side_file(grid):
-    for evaluator in CELLS:
+    for evaluator in EVALUATORS:
         for record in _records(grid, evaluator).values():
             entry = record.extra["predictions_file"]
             path = record_path(grid, record.identity)
@@ -101,7 +70,7 @@ def test_same_seed_gives_the_same_episodes_for_every_encoder(grid):
 
 def test_compare_reproduces_the_records_and_picks_the_test(grid):
     methods = {}
-    for evaluator in CELLS:
+    for evaluator in EVALUATORS:
         records = _records(grid, evaluator)
         result = comparison.compare(records["tiny-a"], records["tiny-b"], grid, n_boot=200)
         primary = records["tiny-a"].primary_metric
@@ -157,6 +126,19 @@ def test_cli_compare(grid):
     every = CliRunner().invoke(cli, ["compare", "tiny-a", "tiny-b", "--results", str(grid), "--n-boot", "100", "--json"])
     assert every.exit_code == 0, every.output
     rows = json.loads(every.output)
-    assert {row["evaluator"] for row in rows} == set(CELLS)
+    assert {row["evaluator"] for row in rows} == set(EVALUATORS)
     missing = CliRunner().invoke(cli, ["compare", "tiny-a", "nope", "--results", str(grid)])
     assert missing.exit_code != 0 and "no record of encoder 'nope'" in missing.output
+
+
+def test_subgroup_gap_with_its_bootstrap_ci(grid):
+    record, path = _first(grid, "knn")
+    predictions = load_predictions(record, path)
+    gap = comparison.subgroup_gap(record, "sex", predictions, min_n=10, n_boot=300)
+    entries = record.subgroups["sex"]
+    values = {k: v[record.primary_metric]["value"] for k, v in entries.items()}
+    assert gap.worst == min(values, key=values.get) and gap.best == max(values, key=values.get)
+    assert gap.gap == pytest.approx(max(values.values()) - min(values.values()))
+    assert gap.ci is not None and gap.ci[0] <= gap.gap <= gap.ci[1]
+    assert comparison.subgroup_gap(record, "sex", None, min_n=10).ci is None  # no side file: no CI
+    assert comparison.subgroup_gap(record, "sex", predictions, min_n=1000) is None  # every subgroup small

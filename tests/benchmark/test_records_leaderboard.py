@@ -58,11 +58,11 @@ def test_table_ranks_ci_metric_and_cost(tmp_path):
     assert title == "linear"
     column = "synthderm (balanced_accuracy)"
     assert list(table["encoder"]) == ["high", "low"]
-    assert table.loc[0, column] == "0.800 [0.750, 0.850] (#1)"
-    assert table.loc[1, column].endswith("(#2)")
+    assert table.loc[0, column] == "0.800 [0.750, 0.850] (#1†)"  # † : no side files, so a plain rank
+    assert table.loc[1, column].endswith("(#2†)")
     assert list(table["images/s"]) == ["10.0", "50.0"]
     markdown = render_markdown(board)
-    assert "| encoder" in markdown and "0.800 [0.750, 0.850] (#1)" in markdown
+    assert "| encoder" in markdown and "0.800 [0.750, 0.850] (#1†)" in markdown
 
 
 def test_different_protocols_are_never_merged(tmp_path):
@@ -119,4 +119,4 @@ def test_mean_over_seeds_without_ci_shows_its_sd(tmp_path):
     write_record(record, tmp_path)
     write_record(_record("other", 0.4, evaluator="kshot-linear"), tmp_path)
     markdown = render_markdown(build_leaderboard(tmp_path))
-    assert "0.250 ± 0.023 (#2)" in markdown and "0.400 [0.350, 0.450] (#1)" in markdown
+    assert "0.250 ± 0.023 (#2†)" in markdown and "0.400 [0.350, 0.450] (#1†)" in markdown
