@@ -112,6 +112,7 @@ def _run(context: EvalContext, options: dict) -> EvalOutput:
     chosen: dict[int, list[float]] = {k: [] for k in feasible}
     supports: dict[str, dict[str, list[int]]] = {str(k): {} for k in feasible}
     probabilities: dict[int, list[np.ndarray]] = {k: [] for k in feasible}  # per seed: [N_test, C]
+    support_ids: dict[int, list[np.ndarray]] = {k: [] for k in feasible}  # per seed: the support's image ids
     for draw in range(int(options["seeds"])):
         permutations = support_permutations(train.y, n_classes, context.seed, draw)
         for k in feasible:
@@ -126,6 +127,7 @@ def _run(context: EvalContext, options: dict) -> EvalOutput:
             proba = fit.predict_proba(torch.as_tensor(transform(test.x), dtype=dtype, device=context.device))
             scores[k].append(classification_metrics(test.y, proba, n_classes))
             probabilities[k].append(proba)
+            support_ids[k].append(train.ids[rows])
             chosen[k].append(best_c)
             supports[str(k)][str(draw)] = train.indices[rows].tolist()
     metrics = {}
@@ -152,7 +154,7 @@ def _run(context: EvalContext, options: dict) -> EvalOutput:
                "support_file": str(context.artifacts_dir / "supports.json")},
         cost=context.feature_cost(),
         predictions=image_predictions(test.ids, test.y, np.stack(probabilities[primary_k]),
-                                      fingerprint=fingerprint_of(*(context.dataset.ids[rows] for rows in supports[str(primary_k)].values())),
+                                      fingerprint=fingerprint_of(*support_ids[primary_k]),
                                       replicates="support seeds", k=primary_k))
 
 
