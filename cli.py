@@ -908,6 +908,17 @@ def compare(encoder_a: str, encoder_b: str, results_dir: Path, dataset: str | No
     from benchmark import comparison
     from benchmark.predictions import PredictionsError
     from benchmark.records import load_records
+    from benchmark.registry import UnknownNameError
+    from evaluators.registry import EVALUATORS
+    from pretrained.registry import ENCODERS
+
+    def canonical(registry, name: str | None) -> str | None:  # aliases resolve; unregistered names pass (old records)
+        try:
+            return registry.resolve(name) if name else name
+        except UnknownNameError:
+            return name
+    encoder_a, encoder_b = canonical(ENCODERS, encoder_a), canonical(ENCODERS, encoder_b)
+    evaluator = canonical(EVALUATORS, evaluator)
     records, errors = load_records(results_dir)
     for path, reason in errors:
         click.echo(f"warning: skipped unreadable record {path}: {reason}", err=True)

@@ -44,6 +44,12 @@ class ComparisonError(ValueError):
     """Two records cannot be paired; the message names what differs and what to do."""
 
 
+def metric_value(entry: dict) -> float:
+    """A metric entry's value as a float (None, missing or non-numeric -> NaN; 0.0 stays 0.0)."""
+    value = entry.get("value")
+    return float(value) if isinstance(value, (int, float)) else math.nan
+
+
 def label(record: ResultRecord) -> str:
     i = record.identity
     return f"{i.evaluator}/{i.variant} {i.encoder} on {i.dataset}"
@@ -184,8 +190,7 @@ def analyse_column(loaded: list[LoadedRecord], n_boot: int = LEADERBOARD_N_BOOT,
 
     ``loaded``: the column's records (one protocol hash), each with its side file or the reason it has none.
     """
-    values = np.array([float(item.record.metrics[item.record.primary_metric].get("value") or math.nan)
-                       for item in loaded])
+    values = np.array([metric_value(item.record.metrics[item.record.primary_metric]) for item in loaded])
     finite = np.where(np.isfinite(values), values, -np.inf)
     best_index = int(np.argmax(finite))
     best = loaded[best_index]

@@ -24,6 +24,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from benchmark import stats  # noqa: E402
+from benchmark.comparison import metric_value  # noqa: E402
 from benchmark.leaderboard import Leaderboard  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -207,5 +208,5 @@ def _invariance_matrices(board: Leaderboard, evaluator: str, variant: str) -> di
         if (i.evaluator, i.variant) != (evaluator, variant) or not record.extra.get("detail_metrics"):
             continue
         out.setdefault(i.dataset, {})[i.encoder] = {
-            name: float(record.metrics.get(name, {}).get("value") or math.nan) for name in record.extra["detail_metrics"]}
+            name: metric_value(record.metrics.get(name, {})) for name in record.extra["detail_metrics"]}
     return {dataset: pd.DataFrame(rows).T.sort_index() for dataset, rows in out.items()}
