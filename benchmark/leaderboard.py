@@ -42,7 +42,7 @@ LEGEND = (
     "a mean over seeds without a CI shows ± its sd (k-shot linear, MedMNIST seeds); rank within the column after '#'. "
     "Columns with different protocol hashes are never merged.\n\n"
     "**Ranks are CI-aware.** In each column every encoder is compared with the best (highest point estimate) on the "
-    "same test items: paired stratified bootstrap of the difference (1,000 resamples, the same resampled test images "
+    "same test items: paired stratified bootstrap of the difference (2,000 resamples, the same resampled test images "
     "for both), DeLong's test for AUROC, a paired t-test over the same episodes for few-shot. The p-values are "
     f"Holm-adjusted over the column's comparisons; an encoder whose adjusted p is >= {stats.ALPHA} shares rank 1, the "
     "others keep their position (1, 1, 3, ...). '†' marks a plain rank by point estimate: that record could not be "
