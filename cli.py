@@ -104,7 +104,12 @@ def common_run_options(func: Callable) -> Callable:
                      help="Weights file for --model local:ARCH (any torchvision or timm:NAME architecture)."),
         click.option("--key-prefix", default="", help="Backbone key prefix in --checkpoint, e.g. module.encoder_q."),
         click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True, help="Extraction batch size."),
-        click.option("--workers", type=click.IntRange(0), default=None, help="DataLoader workers (default: cores - 1, max 8)."),
+        click.option("--workers", type=click.IntRange(0), default=None,
+                     help="Image decoding threads / DataLoader workers (default: cores - 1, max 8)."),
+        click.option("--decode", type=click.Choice(["auto", "pil", "nvjpeg"]), default="auto", show_default=True,
+                     help="Image decoding for extraction: nvjpeg on the GPU (auto on CUDA) or PIL (recorded)."),
+        click.option("--compile", "compile_encoder", is_flag=True,
+                     help="torch.compile the encoder for feature extraction (recorded)."),
         click.option("--image-size", type=click.IntRange(0), default=None,
                      help="Override every encoder's input resolution (recorded in the protocol)."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed for splits, bootstrap and episodes."),
@@ -146,7 +151,7 @@ def _use_cache_dir(cache_dir: Path | None) -> None:
 def _settings(results_dir: Path, cache_dir: Path | None, no_cache: bool, device: str, weights_dir: Path | None,
               trust_checkpoint: bool, batch_size: int, workers: int | None, image_size: int | None, seed: int,
               split_file: Path | None, overwrite: bool, roots: dict[str, Path], dataset_options: dict[str, dict],
-              write: bool = True):
+              write: bool = True, decode: str = "auto", compile_encoder: bool = False):
     from benchmark.device import resolve_device
     from benchmark.features import default_cache_dir
     from benchmark.runner import RunSettings
@@ -160,8 +165,14 @@ def _settings(results_dir: Path, cache_dir: Path | None, no_cache: bool, device:
     except (ValueError, RuntimeError) as error:
         raise click.BadParameter(str(error), param_hint="--device") from None
     torch_device = _run_user_action(lambda: distributed.init_from_env(torch_device))  # under torchrun: join the group
+    from benchmark.image_batches import resolve_decode
+    try:
+        resolve_decode(decode, torch_device)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--decode") from None
     extraction = ExtractionSettings(device=torch_device, cache_dir=None if no_cache else (cache_dir or default_cache_dir()),
-                                    batch_size=batch_size, num_workers=workers, image_size=image_size or None)
+                                    batch_size=batch_size, num_workers=workers, image_size=image_size or None,
+                                    decode=decode, compile=compile_encoder)
     return RunSettings(results_dir=results_dir, extraction=extraction,
                        load_options=LoadOptions(weights_dir=str(weights_dir) if weights_dir else None,
                                                 trust_checkpoint=trust_checkpoint),

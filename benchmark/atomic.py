@@ -7,13 +7,14 @@ killed writers left there (same host and a dead process, or untouched for an hou
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
 import socket
 import time
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Iterator
 
 STALE_SECONDS = 3600.0  # no live write leaves its temporary file untouched this long
 _TEMP = re.compile(r"^\.(?P<target>.+)\.(?P<pid>\d+)(?:-[0-9a-f]+)?(?:@(?P<host>[A-Za-z0-9._-]+))?\.tmp$")
@@ -29,20 +30,31 @@ def temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(3)}@{_host()}.tmp")
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Call ``write`` on a binary handle to a temporary file, then move it to ``path`` (folders made)."""
+@contextlib.contextmanager
+def atomic_target(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` to fill by any means (e.g. a memory map); when the block ends
+    without an exception the file is fsynced and moved to ``path``, else it is deleted."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale_temps(path.parent)
     tmp = temp_path(path)
     try:
-        with open(tmp, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+        yield tmp
+        descriptor = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Call ``write`` on a binary handle to a temporary file, then move it to ``path`` (folders made)."""
+    with atomic_target(path) as tmp:
+        with open(tmp, "wb") as handle:
+            write(handle)
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:

@@ -7,10 +7,12 @@ input re-extracts and stale features are never served.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import time
+import weakref
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,13 +20,13 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 from benchmark import distributed
 from benchmark.atomic import atomic_write
 from benchmark.cache import CACHE_ENV, default_cache_dir  # noqa: F401  (re-exported: callers import them from here)
 from benchmark.device import autocast_dtype, default_workers
-from datasets.base import DatasetError, ImageDataset, UnreadableImageError
+from benchmark.image_batches import ImageBatches, resolve_decode
+from datasets.base import DatasetError, ImageDataset
 from pretrained.encoder import Encoder
 
 log = logging.getLogger(__name__)
@@ -62,27 +64,13 @@ class Features:
         return self.take(np.array([position[int(i)] for i in dataset_indices], dtype=np.int64))
 
 
-class _PreprocessedImages(Dataset):
-    """Dataset rows -> (network input [3, H, W], row, error message or "")."""
-
-    def __init__(self, dataset: ImageDataset, indices: np.ndarray, transform: Callable):
-        self.dataset, self.indices, self.transform = dataset, indices, transform
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, position: int):
-        row = int(self.indices[position])
-        try:
-            return self.transform(self.dataset.load_image(row)), row, ""
-        except UnreadableImageError as error:
-            size = self.transform.input_size if hasattr(self.transform, "input_size") else 1
-            return torch.zeros(3, size, size), row, str(error)
-
-
 def feature_cache_key(encoder: Encoder, dataset: ImageDataset, indices: np.ndarray, precision: str,
-                      layer: str = "pooled") -> dict:
-    """Everything that changes the features; its hash names the cache file."""
+                      layer: str = "pooled", decode: str = "pil", compiled: bool = False) -> dict:
+    """Everything that changes the features; its hash names the cache file.
+
+    ``decode`` ("pil" / "nvjpeg") and ``compiled`` (torch.compile) change the numbers within the
+    stated tolerance (docs/speed.md), so features of one path are never served for another.
+    """
     ids = dataset.ids[indices]
     return {
         "format": FEATURE_FORMAT_VERSION,
@@ -97,6 +85,8 @@ def feature_cache_key(encoder: Encoder, dataset: ImageDataset, indices: np.ndarr
         "n_images": int(len(ids)),
         "precision": precision,
         "layer": layer,
+        "decode": decode,
+        "compiled": bool(compiled),
     }
 
 
@@ -107,17 +97,22 @@ def _key_hash(key: dict) -> str:
 def extract_features(encoder: Encoder, dataset: ImageDataset, indices: np.ndarray | None = None, *,
                      device: torch.device = torch.device("cpu"), batch_size: int = 64,
                      num_workers: int | None = None, cache_dir: Path | None = None,
-                     progress: Callable[[int], None] | None = None) -> Features:
+                     progress: Callable[[int], None] | None = None, decode: str = "auto",
+                     compile: bool = False) -> Features:
     """Pooled features [N, D] of ``dataset`` rows ``indices`` (all rows by default), cached on disk.
 
     Runs the encoder in eval mode under ``inference_mode``; on CUDA with bf16 autocast and
-    channels_last. An unreadable image stops extraction with a message naming the file. Under
-    torchrun the images are sharded over ranks (strided) and gathered on every rank; only rank 0
-    writes the cache.
+    channels_last. Images come as uint8 batches from :class:`benchmark.image_batches.ImageBatches`
+    (decoded-image cache, nvjpeg on the GPU, or PIL in ``num_workers`` threads; ``decode`` picks,
+    "auto" = nvjpeg on CUDA) and are normalised on the device. ``compile`` runs the encoder through
+    ``torch.compile`` (the last batch is padded to the batch size so one graph serves all). An
+    unreadable image stops extraction with a message naming the file. Under torchrun the images are
+    sharded over ranks (strided) and gathered on every rank; only rank 0 writes the cache.
     """
     indices = np.arange(len(dataset)) if indices is None else np.asarray(indices, dtype=np.int64)
     precision = "bf16-autocast" if autocast_dtype(device) is not None else "fp32"
-    key = feature_cache_key(encoder, dataset, indices, precision)
+    decoder = resolve_decode(decode, device)
+    key = feature_cache_key(encoder, dataset, indices, precision, decode=decoder, compiled=compile)
     digest = _key_hash(key)
     cache_file = None
     if cache_dir is not None:
@@ -129,59 +124,87 @@ def extract_features(encoder: Encoder, dataset: ImageDataset, indices: np.ndarra
             return _assemble(dataset, indices, x, meta)
     start = time.perf_counter()
     workers = default_workers() if num_workers is None else num_workers
+    local_rows = indices[distributed.strided_positions(len(indices))] if distributed.world_size() > 1 else indices
+    batches = ImageBatches(dataset, local_rows, encoder.preprocessing, device=device, batch_size=batch_size,
+                           workers=workers, decode=decoder, cache_dir=cache_dir)
+    x, facts = _run_encoder(encoder, batches, device, compile, progress)
     if distributed.world_size() > 1:
-        local = _run_encoder(encoder, dataset, indices[distributed.strided_positions(len(indices))], device,
-                             batch_size, workers, progress)
-        x = distributed.gather_strided(torch.from_numpy(local), len(indices)).numpy()
-    else:
-        x = _run_encoder(encoder, dataset, indices, device, batch_size, workers, progress)
+        x = distributed.gather_strided(torch.from_numpy(x), len(indices)).numpy()
     seconds = time.perf_counter() - start
     meta = {"seconds": seconds, "images_per_second": len(indices) / max(seconds, 1e-9), "device": str(device),
-            "precision": precision, "cache_key": digest, "cache_hit": False, "world_size": distributed.world_size()}
+            "precision": precision, "decode": decoder, "compiled": bool(compile), "batch_size": int(batch_size),
+            "images_by_source": dict(batches.stats), "decoded_cache": batches.cache_state, **facts,
+            "cache_key": digest, "cache_hit": False, "world_size": distributed.world_size()}
+    if not np.isfinite(x).all():
+        log.warning("encoder '%s' produced non-finite features on '%s'", encoder.name, dataset.name)
     if cache_file is not None and distributed.is_main_process():
         _write_cache(cache_file, key, x, meta)
     return _assemble(dataset, indices, x, meta)
+
+
+def extraction_facts(meta: dict) -> dict:
+    """The facts of ``Features.meta`` a record carries as provenance: which path and precision made the features."""
+    names = ("device", "precision", "decode", "compiled", "batch_size", "images_by_source", "decoded_cache",
+             "cache_hit", "world_size", "seconds", "images_per_second", "compile_seconds")
+    return {name: meta[name] for name in names if name in meta}
 
 
 def _assemble(dataset: ImageDataset, indices: np.ndarray, x: np.ndarray, meta: dict) -> Features:
     return Features(x, dataset.targets[indices], dataset.ids[indices], dataset.groups[indices], indices, meta)
 
 
+_COMPILED: "weakref.WeakKeyDictionary[Encoder, torch.nn.Module]" = weakref.WeakKeyDictionary()
+
+
+def compiled_encoder(encoder: Encoder) -> torch.nn.Module:
+    """``torch.compile(encoder)``, made once per encoder object (its first call compiles)."""
+    if encoder not in _COMPILED:
+        _COMPILED[encoder] = torch.compile(encoder, dynamic=False)
+    return _COMPILED[encoder]
+
+
 @torch.inference_mode()
-def _run_encoder(encoder: Encoder, dataset: ImageDataset, indices: np.ndarray, device: torch.device,
-                 batch_size: int, num_workers: int, progress: Callable[[int], None] | None) -> np.ndarray:
+def _run_encoder(encoder: Encoder, batches: ImageBatches, device: torch.device, compile: bool,
+                 progress: Callable[[int], None] | None) -> tuple[np.ndarray, dict]:
+    """Features float32 [len(batches.rows), D] and timing facts."""
     was_training = encoder.training
     encoder.eval().to(device)
-    if device.type == "cuda":
+    cuda = device.type == "cuda"
+    if cuda:
         encoder.to(memory_format=torch.channels_last)
-    loader = DataLoader(_PreprocessedImages(dataset, indices, encoder.preprocessing), batch_size=batch_size,
-                        shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda",
-                        persistent_workers=False)
+    network = compiled_encoder(encoder) if compile else encoder
     dtype = autocast_dtype(device)
-    out = np.empty((len(indices), encoder.feature_dim), dtype=np.float32)
-    filled = 0
+    n, dim = len(batches.rows), encoder.feature_dim
+    out = torch.empty((n, dim), dtype=torch.float32, pin_memory=cuda)
+    facts: dict = {}
+    preprocessing = encoder.preprocessing
     try:
-        for images, rows, errors in loader:
-            bad = [e for e in errors if e]
-            if bad:
-                raise UnreadableImageError(bad[0] + (f" ({len(bad) - 1} more unreadable in this batch)" if len(bad) > 1 else ""))
-            images = images.to(device, non_blocking=True)
-            if device.type == "cuda":
-                images = images.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                features = encoder(images)
-            if features.shape[1:] != (encoder.feature_dim,):
-                raise DatasetError(f"encoder '{encoder.name}' returned features of shape {tuple(features.shape)}, "
-                                   f"expected (N, {encoder.feature_dim})")
-            out[filled:filled + len(rows)] = features.float().cpu().numpy()
-            filled += len(rows)
-            if progress is not None:
-                progress(len(rows))
+        with contextlib.closing(iter(batches)) as stream:
+            for start, pixels in stream:
+                count = len(pixels)
+                x = preprocessing.input_from_uint8(pixels)
+                if compile and count < batches.batch_size:  # one static shape: pad the last batch
+                    x = torch.cat([x, x.new_zeros((batches.batch_size - count, *x.shape[1:]))])
+                if cuda:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                tick = time.perf_counter()
+                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                    features = network(x)
+                if compile and "compile_seconds" not in facts:
+                    if cuda:
+                        torch.cuda.synchronize(device)
+                    facts["compile_seconds"] = time.perf_counter() - tick  # the first call compiles
+                if features.shape[1:] != (dim,):
+                    raise DatasetError(f"encoder '{encoder.name}' returned features of shape {tuple(features.shape)}, "
+                                       f"expected (N, {dim})")
+                out[start:start + count].copy_(features[:count].float(), non_blocking=cuda)
+                if progress is not None:
+                    progress(count)
+        if cuda:
+            torch.cuda.synchronize(device)
     finally:
         encoder.train(was_training)
-    if not np.isfinite(out).all():
-        log.warning("encoder '%s' produced non-finite features on '%s'", encoder.name, dataset.name)
-    return out
+    return out.numpy(), facts
 
 
 def _read_cache(path: Path, key: dict) -> tuple[np.ndarray, dict] | None:

@@ -276,6 +276,8 @@ class Runner:
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **{f"cost_{k}": v for k, v in output.cost.items()},
         }
+        if context.extraction_provenance() is not None:  # which decode path and precision made the features
+            provenance["extraction"] = context.extraction_provenance()
         extra = dict(output.extra)
         if output.predictions is not None:  # side file first: a record never points at a file not yet written
             extra["predictions_file"] = write_predictions(output.predictions, plan.path,

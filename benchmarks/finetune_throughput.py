@@ -12,7 +12,8 @@ Two measurements, both with the harness's own code:
   bf16 autocast, channels_last) on one batch that stays on the GPU: the model's ceiling.
 * ``trainer``: :class:`evaluators.training.Trainer` end to end on in-memory 256 px images with the
   ``transfer`` preset's augmentation (RandomResizedCrop 224 + flip, in DataLoader workers):
-  what a real run gets, data pipeline included (JPEG decoding of real datasets would come on top).
+  what a real run gets, data pipeline included; with ``--jpeg-dir`` on JPEG files, PIL decoding
+  in the workers included (a real dataset).
 
 The theoretical limit is the GPU's dense bf16 peak divided by the training FLOPs per image,
 ~3 x the forward FLOPs (forward + backward ~ 2 x forward); ResNet-50 forward is ~4.1 GFLOPs (GMACs,
@@ -36,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmark import distributed  # noqa: E402
 from benchmark.device import autocast_dtype  # noqa: E402
-from datasets.base import ArrayImageDataset  # noqa: E402
+from datasets.base import ArrayImageDataset, FileImageDataset  # noqa: E402
 from evaluators.augment import AugmentedImages, train_augmentation  # noqa: E402
 from evaluators.finetune import FINETUNE_DEFAULTS, EvalBatches, FineTuneModel, make_validator  # noqa: E402
 from evaluators.training import TrainConfig, Trainer  # noqa: E402
@@ -93,19 +94,31 @@ def compute_throughput(model, device, batch: int, size: int, classes: int, steps
     return steps * batch / (time.perf_counter() - start)
 
 
-def trainer_throughput(arch: str, device, batch: int, size: int, steps: int, workers: int, amp: bool) -> tuple[float, float]:
-    """(images/s of the Trainer's training time, wall seconds) on augmented in-memory images."""
-    rng = np.random.default_rng(0)
-    n = 512
-    images = rng.integers(0, 256, size=(n, 256, 256, 3), dtype=np.uint8)
-    labels = np.arange(n) % 2
-    table = pd.DataFrame({"image_id": [f"i{i}" for i in range(n)], "label": labels, "group": [f"i{i}" for i in range(n)]})
-    dataset = ArrayImageDataset("throughput", table, ["a", "b"], images)
+def trainer_throughput(arch: str, device, batch: int, size: int, steps: int, workers: int, amp: bool,
+                       jpeg_dir: Path | None = None) -> tuple[float, float]:
+    """(images/s of the Trainer's training time, wall seconds) on augmented in-memory images, or on the
+    JPEG files of ``jpeg_dir`` (decoded by PIL in the workers, as a real dataset is)."""
+    if jpeg_dir is not None:
+        paths = sorted(str(p) for p in Path(jpeg_dir).glob("*.jpg"))
+        if not paths:
+            raise SystemExit(f"no .jpg files in {jpeg_dir}")
+        n = len(paths)
+        labels = np.arange(n) % 2
+        table = pd.DataFrame({"image_id": [Path(p).stem for p in paths], "path": paths, "label": labels,
+                              "group": [Path(p).stem for p in paths]})
+        dataset = FileImageDataset("throughput-jpeg", table, ["a", "b"])
+    else:
+        rng = np.random.default_rng(0)
+        n = 512
+        images = rng.integers(0, 256, size=(n, 256, 256, 3), dtype=np.uint8)
+        labels = np.arange(n) % 2
+        table = pd.DataFrame({"image_id": [f"i{i}" for i in range(n)], "label": labels, "group": [f"i{i}" for i in range(n)]})
+        dataset = ArrayImageDataset("throughput", table, ["a", "b"], images)
     encoder = random_encoder(arch, arch, LoadOptions())
     options = dict(FINETUNE_DEFAULTS)  # the transfer preset: RRC(224, bicubic) + HFlip
     augment = train_augmentation(options, size, encoder.preprocessing)
     train = AugmentedImages(dataset, np.arange(n), augment, encoder.preprocessing, size)
-    val_rows = np.arange(64)
+    val_rows = np.arange(min(64, n))
     validate = make_validator(EvalBatches(dataset, val_rows, encoder.preprocessing.with_input_size(size), 64, 0, cache=True),
                               labels[val_rows], 2, device, amp)
     config = TrainConfig(steps=steps, batch_size=batch, lr=0.01, weight_decay=1e-8, eval_every=steps, amp=amp,
@@ -136,6 +149,8 @@ def main() -> None:
     parser.add_argument("--no-amp", action="store_true", help="fp32 instead of bf16 autocast")
     parser.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN pick algorithms by timing")
     parser.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak if the GPU is not in the table")
+    parser.add_argument("--jpeg-dir", type=Path, default=None,
+                        help="measure the Trainer on these JPEG files (PIL-decoded in the workers) instead of in-memory images")
     args = parser.parse_args()
     device = distributed.init_from_env(torch.device(args.device))
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
@@ -165,9 +180,10 @@ def main() -> None:
     if args.trainer_steps > 0:
         del model
         trainer_ips, wall = trainer_throughput(args.arch, device, args.batch_size, args.image_size, args.trainer_steps,
-                                               args.workers, amp)
+                                               args.workers, amp, args.jpeg_dir)
+        source = f"JPEG files in {args.jpeg_dir}" if args.jpeg_dir else "in-memory 256 px images"
         if report:
-            print(f"trainer (RRC + flip in {args.workers} workers, {args.trainer_steps} steps): {trainer_ips:,.0f} images/s "
+            print(f"trainer on {source} (RRC + flip in {args.workers} workers, {args.trainer_steps} steps): {trainer_ips:,.0f} images/s "
                   f"of training time ({wall:.1f} s wall incl. start-up, 1 validation, checkpoint)")
 
 

@@ -1,9 +1,10 @@
-"""Image pipelines for fine-tuning: seeded train augmentation, evaluation inputs and test-time copies.
+"""Image pipelines for fine-tuning: seeded train augmentation and test-time copies (PIL, in DataLoader workers).
 
 Augmentations act on PIL images (random resized crop, flips, rotation, hue), then the encoder's own
 :class:`~pretrained.preprocessing.Preprocessing` turns the crop into network input (grey handling
 and ``normalize``), so every encoder gets the statistics it was trained with. Randomness comes from
-a per-image seed (see :mod:`evaluators.sampling`), never from worker or process state.
+a per-image seed (see :mod:`evaluators.sampling`), never from worker or process state. Validation
+and test inputs (no augmentation) come from :class:`evaluators.finetune.EvalBatches` instead.
 """
 from __future__ import annotations
 
@@ -92,15 +93,3 @@ class AugmentedImages(Dataset):
         target = self.labels[index]
         return self.to_input(image), (torch.as_tensor(target, dtype=torch.float32) if target.ndim else int(target))
 
-
-class EvalImages(Dataset):
-    """Item ``i`` -> network input of dataset row ``rows[i]`` through the evaluation preprocessing."""
-
-    def __init__(self, dataset: ImageDataset, rows: np.ndarray, preprocessing: Preprocessing):
-        self.dataset, self.rows, self.preprocessing = dataset, np.asarray(rows), preprocessing
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, item: int) -> torch.Tensor:
-        return self.preprocessing(self.dataset.load_image(int(self.rows[item])))

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from benchmark.features import Features, extract_features
+from benchmark.features import Features, extract_features, extraction_facts
 from benchmark.predictions import Predictions
 from datasets.base import ImageDataset
 from datasets.splits import SplitAssignment
@@ -93,6 +93,8 @@ class ExtractionSettings:
     batch_size: int = 64
     num_workers: int | None = None
     image_size: int | None = None  # override of the encoder's input resolution (recorded)
+    decode: str = "auto"  # image decoding: auto (nvjpeg on CUDA), pil, nvjpeg (benchmark.image_batches)
+    compile: bool = False  # torch.compile the encoder for feature extraction
 
 
 class EvalContext:
@@ -144,7 +146,8 @@ class EvalContext:
                 callback = self.progress(f"features {encoder.name} on {self.dataset.name}", total)
             self._features = extract_features(
                 encoder, self.dataset, device=self.device, batch_size=self.extraction.batch_size,
-                num_workers=self.extraction.num_workers, cache_dir=self.extraction.cache_dir, progress=callback)
+                num_workers=self.extraction.num_workers, cache_dir=self.extraction.cache_dir, progress=callback,
+                decode=self.extraction.decode, compile=self.extraction.compile)
         return self._features
 
     def features(self, split: str) -> Features:
@@ -156,6 +159,10 @@ class EvalContext:
         return {"images_per_second": float(meta.get("images_per_second", float("nan"))),
                 "extraction_seconds": float(meta.get("seconds", float("nan"))),
                 "extraction_cache_hit": bool(meta.get("cache_hit", False))}
+
+    def extraction_provenance(self) -> dict | None:
+        """How this cell's features were made (decode path, precision, compile...), None when it extracted none."""
+        return extraction_facts(self._features.meta) if self._features is not None else None
 
     def primary_metric(self, default: str = "balanced_accuracy") -> str:
         """The dataset's headline metric (e.g. AUROC for binary melanoma tasks)."""

@@ -42,17 +42,18 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from benchmark import distributed
 from benchmark.atomic import atomic_torch_save
 from benchmark.calibration import calibration_metrics
 from benchmark.device import autocast_dtype, default_workers
+from benchmark.image_batches import ImageBatches, resolve_decode
 from benchmark.metrics import METRIC_NAMES, MULTILABEL_METRIC_NAMES, evaluate_scores, point_metrics, subgroup_metrics
 from benchmark.predictions import image_predictions
 from benchmark.records import write_json_atomic
+from benchmark.workers import data_loader
 from datasets.base import ImageDataset
-from evaluators.augment import AugmentedImages, EvalImages, train_augmentation
+from evaluators.augment import AugmentedImages, train_augmentation
 from evaluators.base import EvalContext, EvalOutput, EvaluatorSpec
 from evaluators.objectives import output_scores, target_tensor, training_loss
 from evaluators.registry import EVALUATORS
@@ -119,31 +120,43 @@ class FineTuneModel(nn.Module):
 
 # -- evaluation -----------------------------------------------------------------------------------
 class EvalBatches:
-    """This rank's strided shard of some dataset rows as preprocessed batches (kept in memory when small)."""
+    """This rank's strided shard of some dataset rows as network-input batches, in row order.
+
+    Pixels come from :class:`benchmark.image_batches.ImageBatches` (decoded-image cache, nvjpeg on
+    CUDA or PIL threads) as uint8 at the preprocessing's geometry and are normalised on the device;
+    with ``cache`` the uint8 batches are kept in memory (on the device) when they fit
+    ``EVAL_CACHE_BYTES``, so repeated validations decode once.
+    """
 
     def __init__(self, dataset: ImageDataset, rows: np.ndarray, preprocessing: Preprocessing, batch_size: int,
-                 num_workers: int, cache: bool):
+                 num_workers: int, cache: bool, *, device: torch.device = torch.device("cpu"), decode: str = "pil",
+                 cache_dir: Path | None = None):
         self.total = len(rows)
         self.local_rows = np.asarray(rows)[distributed.strided_positions(self.total)]
         self.dataset, self.preprocessing = dataset, preprocessing
         self.batch_size, self.num_workers = batch_size, num_workers
+        self.device, self.decode, self.cache_dir = device, decode, cache_dir
         size = preprocessing.input_size
-        self.cache = cache and len(self.local_rows) * 3 * size * size * 4 <= EVAL_CACHE_BYTES
-        self._batches: list[torch.Tensor] | None = None
+        self.cache = cache and len(self.local_rows) * 3 * size * size <= EVAL_CACHE_BYTES
+        self._pixels: list[torch.Tensor] | None = None
+        self.sources: dict[str, int] = {}
 
     def __iter__(self):
-        if self._batches is not None:
-            yield from self._batches
+        if self._pixels is not None:
+            for pixels in self._pixels:
+                yield self.preprocessing.input_from_uint8(pixels)
             return
-        loader = DataLoader(EvalImages(self.dataset, self.local_rows, self.preprocessing), batch_size=self.batch_size,
-                            shuffle=False, num_workers=self.num_workers)
+        batches = ImageBatches(self.dataset, self.local_rows, self.preprocessing, device=self.device,
+                               batch_size=self.batch_size, workers=self.num_workers, decode=self.decode,
+                               cache_dir=self.cache_dir)
         kept = []
-        for batch in loader:
+        for _, pixels in batches:
             if self.cache:
-                kept.append(batch)
-            yield batch
+                kept.append(pixels)
+            yield self.preprocessing.input_from_uint8(pixels)
+        self.sources = dict(batches.stats)
         if self.cache:
-            self._batches = kept
+            self._pixels = kept
 
 
 def _forward(model: nn.Module, x: torch.Tensor, device: torch.device, amp: bool) -> torch.Tensor:
@@ -177,7 +190,7 @@ def predict_tta(model: nn.Module, dataset: ImageDataset, rows: np.ndarray, augme
     per_batch = max(1, batch_size // copies)  # whole images per batch
     items = [[(p, derive_seed(seed, TTA_STREAM, int(local_rows[p]), c)) for p in range(start, min(start + per_batch, len(local_rows)))
               for c in range(copies)] for start in range(0, len(local_rows), per_batch)]
-    loader = DataLoader(images, batch_sampler=items, num_workers=num_workers)
+    loader = data_loader(images, batch_sampler=items, num_workers=num_workers)
     outputs = []
     for x, _ in loader:
         probabilities = output_scores(_forward(model, x, device, amp).double(), multilabel)
@@ -262,14 +275,17 @@ def run_finetune(context: EvalContext, options: dict) -> EvalOutput:
     workers = default_workers() if context.extraction.num_workers is None else context.extraction.num_workers
     amp = bool(options["amp"]) and device.type == "cuda"
     train_images = AugmentedImages(dataset, train_rows, augment, encoder.preprocessing, size)
-    val_batches = EvalBatches(dataset, val_rows, eval_preprocessing, int(options["eval_batch_size"]), workers, cache=True)
+    decode = resolve_decode(context.extraction.decode, device)  # validation and test inputs
+    eval_images = {"device": device, "decode": decode, "cache_dir": context.extraction.cache_dir}
+    val_batches = EvalBatches(dataset, val_rows, eval_preprocessing, int(options["eval_batch_size"]), workers, cache=True,
+                              **eval_images)
     validate = make_validator(val_batches, dataset.targets[val_rows], n_classes, device, amp)
     fingerprint = {
         "options": {k: v for k, v in options.items() if k not in _RUNTIME_OPTIONS},
         "encoder": encoder.name, "weights_sha256": encoder.provenance.get("weights_sha256"),
         "dataset": dataset.manifest_hash(), "splits": context.splits.sha256, "seed": context.seed,
         "train_size": size, "eval_preprocessing": eval_preprocessing.to_dict(), "monitor": monitor,
-        "code_version": FINETUNE_CODE_VERSION,
+        "code_version": FINETUNE_CODE_VERSION, "eval_decode": decode,
     }
     artifacts = context.artifacts_dir
     runs: list[dict] = []
@@ -338,7 +354,7 @@ def run_finetune(context: EvalContext, options: dict) -> EvalOutput:
                                     multilabel).numpy()
     else:
         logits = predict_logits(model, EvalBatches(dataset, test_rows, eval_preprocessing, int(options["eval_batch_size"]),
-                                                   workers, cache=False), n_classes, device, amp)
+                                                   workers, cache=False, **eval_images), n_classes, device, amp)
         probabilities = output_scores(logits.double(), multilabel).numpy()
     test_labels = dataset.targets[test_rows]
     metrics = evaluate_scores(test_labels, probabilities, n_boot=int(options["n_boot"]), seed=context.seed)
@@ -363,7 +379,7 @@ def run_finetune(context: EvalContext, options: dict) -> EvalOutput:
                "runs": [{**{k: r.get(k) for k in ("lr", "wd", "best_step", "steps_run", "stopped_early", "diverged")},
                          "best_score": r["best_score"] if math.isfinite(r["best_score"]) else None} for r in runs],
                "history": chosen["history"], "world_size": distributed.world_size(), "amp_bf16": amp,
-               "train_size": size, "eval_preprocessing": eval_preprocessing.to_dict(),
+               "train_size": size, "eval_preprocessing": eval_preprocessing.to_dict(), "eval_decode": decode,
                "checkpoint": str(artifacts / "best.pt") if options["save_best"] else None,
                "predictions": str(artifacts / "test_predictions.npz")},
         cost={"images_per_second": images_trained / train_seconds if train_seconds > 0 and images_trained else float("nan"),

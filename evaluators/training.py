@@ -34,11 +34,12 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from benchmark import distributed
 from benchmark.atomic import atomic_torch_save
 from benchmark.device import autocast_dtype
+from benchmark.workers import data_loader
 from evaluators.objectives import training_loss
 from evaluators.sampling import TORCH_STREAM, StreamBatchSampler, derive_seed
 
@@ -185,7 +186,7 @@ class Trainer:
         sampler = StreamBatchSampler(self.train_labels, config.batch_size, config.seed, config.balanced,
                                      start_step=state.step, end_step=config.steps,
                                      rank=distributed.rank(), world_size=world)
-        loader = DataLoader(self.train_images, batch_sampler=sampler, num_workers=config.num_workers,
+        loader = data_loader(self.train_images, batch_sampler=sampler, num_workers=config.num_workers,
                             pin_memory=device.type == "cuda", persistent_workers=False)
         amp = autocast_dtype(device) if config.amp else None
         checkpoint_every = config.checkpoint_every or config.eval_every

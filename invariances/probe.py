@@ -15,8 +15,9 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from benchmark.workers import data_loader
 from datasets.base import ImageDataset
 from invariances.transforms import TransformGrid, ViewGeometry
 from invariances.whitening import Whitening
@@ -106,7 +107,7 @@ def run_invariance(encoder: Encoder, dataset: ImageDataset, rows: np.ndarray, gr
     start = time.perf_counter()
     by_name = {g.name: g for g in grids}
     items = _items(len(rows), grids, chunk)
-    loader = DataLoader(_Views(dataset, rows, items, by_name, geometry), batch_size=None, shuffle=False,
+    loader = data_loader(_Views(dataset, rows, items, by_name, geometry), batch_size=None, shuffle=False,
                         num_workers=num_workers, pin_memory=device.type == "cuda")
     was_training = encoder.training
     encoder.eval().to(device)

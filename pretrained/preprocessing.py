@@ -73,6 +73,31 @@ class Preprocessing:
         image = TF.resize(image, self.resize_size, interpolation=mode)
         return TF.center_crop(image, [self.input_size, self.input_size])
 
+    def geometry_key(self) -> dict:
+        """The settings that decide :meth:`crop_uint8`'s pixels (the decoded-image cache key)."""
+        return {"input_size": self.input_size, "resize_size": self.resize_size, "interpolation": self.interpolation}
+
+    def crop_uint8(self, image: Image.Image) -> torch.Tensor:
+        """Geometry of an image as RGB uint8 [3, input_size, input_size] (before any colour change).
+
+        ``input_from_uint8(crop_uint8(image))`` equals ``self(image)`` exactly.
+        """
+        pixels = np.asarray(self.geometry(image.convert("RGB")), dtype=np.uint8)
+        return torch.from_numpy(pixels.copy()).permute(2, 0, 1)
+
+    def unit_from_uint8(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 [..., 3, H, W] after geometry -> [0, 1] float32 (grey replicated where asked), as
+        ``to_tensor`` computes it."""
+        tensor = pixels.to(torch.float32).div(255)
+        if self.grayscale or self.histogram_normalize:
+            grey = (0.299 * tensor[..., 0, :, :] + 0.587 * tensor[..., 1, :, :] + 0.114 * tensor[..., 2, :, :])
+            tensor = grey.unsqueeze(-3).expand(*tensor.shape).contiguous()
+        return tensor
+
+    def input_from_uint8(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 [..., 3, H, W] after geometry -> network input (on the tensor's device)."""
+        return self.normalize(self.unit_from_uint8(pixels))
+
     def to_unit_tensor(self, image: Image.Image) -> torch.Tensor:
         """Geometry then [0, 1] float tensor [3, H, W] (grey replicated where asked)."""
         image = self.geometry(image.convert("RGB"))

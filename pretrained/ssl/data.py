@@ -22,10 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision.transforms import functional as TF
 
 from benchmark.atomic import atomic_write
+from benchmark.workers import data_loader
 from datasets.base import ImageDataset
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def decode_images(dataset: ImageDataset, indices: np.ndarray, size: int, *, gray
         except (OSError, ValueError, EOFError):  # truncated by a kill, or foreign
             pass
         log.warning("decoded-image cache %s unreadable; decoding again", path)
-    loader = DataLoader(_Decoder(dataset, indices, size, grayscale), batch_size=64, num_workers=num_workers)
+    loader = data_loader(_Decoder(dataset, indices, size, grayscale), batch_size=64, num_workers=num_workers)
     images = torch.cat([batch for batch in loader]) if len(indices) else torch.zeros(0, 3, size, size, dtype=torch.uint8)
     if path is not None:
         try:

@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from skimage.metrics import structural_similarity
 
 from evaluators.dip import invert_features
 from evaluators.dip_generator import SkipGenerator, noise_side
@@ -53,6 +52,8 @@ def test_histogram_normalised_encoders_need_raw_input():
 
 
 def test_ssim_matches_skimage():
+    structural_similarity = pytest.importorskip(
+        "skimage.metrics", reason="scikit-image (requirements-dev.txt) is the SSIM reference").structural_similarity
     rng = np.random.default_rng(0)
     a = smooth_images(1, 48, seed=1)[0].astype(np.float64) / 255
     for b in (np.clip(a + rng.normal(0, 0.1, a.shape), 0, 1), smooth_images(1, 48, seed=2)[0] / 255.0, a):

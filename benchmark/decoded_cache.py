@@ -1,0 +1,101 @@
+"""The decoded-image cache: every image of a dataset as uint8 at one preprocessing geometry, memory-mapped.
+
+Decoding and resizing are the expensive part of extraction; encoders that share a geometry
+(input size, resize size, interpolation: e.g. every torchvision ResNet at 224/224 bicubic) get the
+very same uint8 pixels, so the first extraction writes them once and later ones read them from a
+memory map (uint8 -> device -> normalise -> network). Colour handling (grey, mean/std, histogram
+normalisation) comes after the cache, so it is not part of the key.
+
+File: ``<cache>/decoded/<hh>/<sha256 of the key>.u8``: a 4 KiB header (magic line + JSON key and
+shape) then the C-ordered uint8 array [N, 3, S, S] of all dataset rows in dataset order. Written
+through :func:`benchmark.atomic.atomic_target` (temp file, fsync, rename); a file whose header
+does not match its key exactly or whose size is not header + array (truncated, foreign) is
+ignored and rebuilt.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from datasets.base import ImageDataset
+from pretrained.preprocessing import Preprocessing
+
+log = logging.getLogger(__name__)
+
+DECODED_FORMAT_VERSION = 1
+MAGIC = b"medtransfer decoded images\n"
+HEADER_BYTES = 4096
+
+
+def decoded_key(dataset: ImageDataset, preprocessing: Preprocessing, decode: str) -> dict:
+    """What decides the cached pixels: the dataset content, the geometry and the decoder ("pil" / "nvjpeg")."""
+    return {"format": DECODED_FORMAT_VERSION, "dataset": dataset.name, "content": dataset.content_hash(),
+            "n_images": len(dataset), "geometry": preprocessing.geometry_key(), "decode": decode}
+
+
+def decoded_path(cache_dir: Path, key: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    return Path(cache_dir) / "decoded" / digest[:2] / f"{digest}.u8"
+
+
+def array_shape(key: dict) -> tuple[int, int, int, int]:
+    size = int(key["geometry"]["input_size"])
+    return int(key["n_images"]), 3, size, size
+
+
+def open_decoded(path: Path, key: dict) -> np.memmap | None:
+    """The cached array [N, 3, S, S] (read-only memory map), or None when absent, foreign or truncated."""
+    if not path.is_file():
+        return None
+    shape = array_shape(key)
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(HEADER_BYTES)
+        if not header.startswith(MAGIC):
+            raise ValueError("not a decoded-image cache file")
+        stored = json.loads(header[len(MAGIC):].rstrip(b"\0 \n").decode())
+        if stored.get("key") != key or tuple(stored.get("shape", ())) != shape:
+            raise ValueError("written for another dataset, geometry or decoder")
+        expected = HEADER_BYTES + int(np.prod(shape))
+        if path.stat().st_size != expected:
+            raise ValueError(f"size {path.stat().st_size} bytes, expected {expected} (truncated?)")
+        return np.memmap(path, dtype=np.uint8, mode="r", offset=HEADER_BYTES, shape=shape)
+    except (OSError, ValueError, UnicodeDecodeError) as error:
+        log.warning("ignoring decoded-image cache %s (%s); decoding again", path, error)
+        return None
+
+
+def create_decoded(tmp: Path, key: dict) -> np.memmap:
+    """A writable memory map [N, 3, S, S] behind a header for ``key`` at the temporary path ``tmp``."""
+    shape = array_shape(key)
+    header = MAGIC + json.dumps({"key": key, "shape": list(shape)}, sort_keys=True).encode() + b"\n"
+    if len(header) > HEADER_BYTES:
+        raise ValueError(f"decoded-image cache header too long ({len(header)} bytes)")
+    _remove_stale_temporaries(tmp)
+    with open(tmp, "wb") as handle:
+        handle.write(header.ljust(HEADER_BYTES, b"\0"))
+    return np.memmap(tmp, dtype=np.uint8, mode="r+", offset=HEADER_BYTES, shape=shape)
+
+
+def _remove_stale_temporaries(tmp: Path) -> None:
+    """Delete temporaries of the same target left by killed processes (``.<name>.<pid>.tmp``, pid gone)."""
+    target = tmp.name.rsplit(".", 2)[0]  # ".<name>"
+    for other in tmp.parent.glob(f"{target}.*.tmp"):
+        pid = other.name.rsplit(".", 2)[-2]
+        if other != tmp and pid.isdigit() and not _alive(int(pid)):
+            other.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
