@@ -7,6 +7,7 @@ MIMIC-CheXpert (histogram normalisation to 0..255, grey to RGB) each get what th
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -113,13 +114,21 @@ class Preprocessing:
             return histogram_normalize(unit)
         if self.mean is None:
             return unit
-        mean = torch.tensor(self.mean, dtype=unit.dtype, device=unit.device).view(-1, 1, 1)
-        std = torch.tensor(self.std, dtype=unit.dtype, device=unit.device).view(-1, 1, 1)
+        mean = _channel_constants(self.mean, unit.dtype, unit.device)
+        std = _channel_constants(self.std, unit.dtype, unit.device)
         return (unit - mean) / std
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         """PIL image -> network input [3, input_size, input_size]."""
         return self.normalize(self.to_unit_tensor(image))
+
+
+@functools.lru_cache(maxsize=64)
+def _channel_constants(values: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Per-channel constants [C, 1, 1], made once per device (a fresh host->GPU copy per batch would
+    make the host wait for the GPU). Made outside inference mode, so autograd may save them (probes)."""
+    with torch.inference_mode(False):
+        return torch.tensor(values, dtype=dtype, device=device).view(-1, 1, 1)
 
 
 def histogram_normalize(unit: torch.Tensor, bins: int = 256) -> torch.Tensor:
