@@ -193,51 +193,52 @@ def cosines(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
 
 
 # -- one dataset ------------------------------------------------------------------------------------
-def measure(label: str, dataset: ImageDataset, encoder: Encoder, args, device, rows: list, checks: list) -> None:
-    cache = Path(tempfile.mkdtemp(prefix="extraction-speed-"))
+class Table:
+    """Rows (data, pipeline, images/s, notes), each printed as soon as it is measured."""
+
+    def __init__(self):
+        self.rows: list[tuple[str, str, float, str]] = []
+
+    def add(self, data: str, what: str, rate: float, note: str = "") -> None:
+        self.rows.append((data, what, rate, note))
+        print(f"  {data}: {what}: {rate:,.0f} images/s {note}", flush=True)
+
+
+def measure(label: str, dataset: ImageDataset, encoder: Encoder, args, device, table: Table, checks: list,
+            cache: Path) -> None:
+    """Every uncompiled row for one dataset; leaves the decoded-image cache in ``cache`` for the compiled row."""
     n = len(dataset)
-    size = encoder.preprocessing.input_size
-    try:
-        if device.type == "cuda" and nvjpeg_available():
-            decode_only, decode_geometry = decode_rates(dataset, encoder, device, args.batch_size, min(n, 4096))
-            rows.append((label, "nvjpeg decode only (bytes in memory)", decode_only, ""))
-            rows.append((label, "nvjpeg decode + resize/crop on GPU", decode_geometry, ""))
-        decode = "auto"
-        cold = ours(encoder, dataset, device, cache, batch=args.batch_size, workers=args.workers, decode=decode,
-                    compile=False)
-        rows.append((label, f"ours cold ({cold['decode']}, decoded cache written)", cold["images_per_second"],
-                     _sources(cold)))
-        warm = ours(encoder, dataset, device, cache, batch=args.batch_size, workers=args.workers, decode=decode,
-                    compile=False)
-        rows.append((label, "ours warm (uint8 from the decoded cache)", warm["images_per_second"], _sources(warm)))
-        if args.compile:
-            warm_compiled = ours(encoder, dataset, device, cache, batch=args.batch_size, workers=args.workers,
-                                 decode=decode, compile=True)  # compiled already by the forward row
-            rows.append((label, "ours warm + compile", warm_compiled["images_per_second"], _sources(warm_compiled)))
-        if args.pil:
-            shutil.rmtree(cache / "decoded", ignore_errors=True)
-            pil = ours(encoder, dataset, device, cache, batch=args.batch_size, workers=args.workers, decode="pil",
-                       compile=False)
-            rows.append((label, f"ours cold, PIL in {args.workers} threads", pil["images_per_second"], _sources(pil)))
-            if args.check:
-                k = min(args.check, n)
-                checks.append((label, f"nvjpeg vs PIL decode ({cold['precision']}, {k} images)",
-                               *cosines(cold["x"][:k], pil["x"][:k])))
-        if args.check and device.type == "cuda":
-            k = min(args.check, n)
-            reference_encoder = random_encoder(args.arch, args.arch, LoadOptions())  # same seed: same weights
-            subset = np.arange(k)
-            reference = extract_features(reference_encoder, dataset, subset, device=torch.device("cpu"),
-                                         batch_size=64, num_workers=args.workers, cache_dir=None)
-            checks.append((label, f"GPU cold vs CPU fp32 PIL reference ({k} images)",
-                           *cosines(cold["x"][:k], reference.x)))
-        seed_paths = [str(dataset.path(i)) for i in range(min(args.seed_images, n))]
-        seed = seed_style_rate(encoder, seed_paths, device, args.workers)
-        rows.append((label, f"seed-style PIL DataLoader, fp32, batch 64 ({len(seed_paths)} images)", seed, ""))
-        encoder.to(memory_format=torch.channels_last)
-    finally:
-        shutil.rmtree(cache, ignore_errors=True)
-    print(f"[{label}] {n} images at {_image_size(dataset)}, {size} px network input", flush=True)
+    print(f"[{label}] {n} images at {_image_size(dataset)}, {encoder.preprocessing.input_size} px network input",
+          flush=True)
+    if device.type == "cuda" and nvjpeg_available():
+        decode_only, decode_geometry = decode_rates(dataset, encoder, device, args.batch_size, min(n, 4096))
+        table.add(label, "nvjpeg decode only (bytes in memory)", decode_only)
+        table.add(label, "nvjpeg decode + resize/crop on GPU", decode_geometry)
+    if args.pil:
+        pil = ours(encoder, dataset, device, cache, batch=args.batch_size, workers=args.workers, decode="pil",
+                   compile=False)
+        table.add(label, f"ours cold, PIL in {args.workers} threads", pil["images_per_second"], _sources(pil))
+        shutil.rmtree(cache / "decoded", ignore_errors=True)
+    cold = ours(encoder, dataset, device, cache, batch=args.batch_size, workers=args.workers, decode="auto",
+                compile=False)
+    table.add(label, f"ours cold ({cold['decode']}, decoded cache written)", cold["images_per_second"], _sources(cold))
+    warm = ours(encoder, dataset, device, cache, batch=args.batch_size, workers=args.workers, decode="auto",
+                compile=False)
+    table.add(label, "ours warm (uint8 from the decoded cache)", warm["images_per_second"], _sources(warm))
+    k = min(args.check, n)
+    if k and args.pil:
+        checks.append((label, f"{cold['decode']} vs PIL decode ({cold['precision']}, {k} images)",
+                       *cosines(cold["x"][:k], pil["x"][:k])))
+    if k and device.type == "cuda":
+        reference_encoder = random_encoder(args.arch, args.arch, LoadOptions())  # same seed: same weights
+        reference = extract_features(reference_encoder, dataset, np.arange(k), device=torch.device("cpu"),
+                                     batch_size=64, num_workers=args.workers, cache_dir=None)
+        checks.append((label, f"GPU cold vs CPU fp32 PIL reference ({k} images)", *cosines(cold["x"][:k], reference.x)))
+        print(f"  {label}: {checks[-1]}", flush=True)
+    seed_paths = [str(dataset.path(i)) for i in range(min(args.seed_images, n))]
+    seed = seed_style_rate(encoder, seed_paths, device, args.workers)
+    encoder.to(memory_format=torch.channels_last)
+    table.add(label, f"seed-style PIL DataLoader, fp32, batch 64 ({len(seed_paths)} images)", seed)
 
 
 def _sources(meta: dict) -> str:
@@ -275,26 +276,10 @@ def main() -> None:
     if device.type == "cuda":
         encoder.to(memory_format=torch.channels_last)
     size = encoder.preprocessing.input_size
-    rows: list = []
-    checks: list = []
+    table, checks = Table(), []
     limit = forward_rate(encoder, device, args.batch_size, size, args.forward_batches)
-    rows.append(("-", f"forward only, {'bf16 + channels_last' if device.type == 'cuda' else 'fp32'}", limit, ""))
-    limit64 = forward_rate(encoder, device, 64, size, args.forward_batches)
-    rows.append(("-", "forward only, batch 64", limit64, ""))
-    if args.compile:
-        start = time.perf_counter()
-        with torch.inference_mode():
-            compiled = compiled_encoder(encoder)
-            x = torch.randn(args.batch_size, 3, size, size, device=device)
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            dtype = autocast_dtype(device)
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                compiled(x)
-        sync(device)
-        compile_seconds = time.perf_counter() - start
-        rows.append(("-", "forward only, compiled", forward_rate(compiled, device, args.batch_size, size,
-                                                                 args.forward_batches), f"compile {compile_seconds:.0f} s"))
+    table.add("-", f"forward only, {'bf16 + channels_last' if device.type == 'cuda' else 'fp32'}", limit)
+    table.add("-", "forward only, batch 64", forward_rate(encoder, device, 64, size, args.forward_batches))
     datasets = []
     if args.root is not None:
         datasets.append(("HAM10000", ham10000(args.root, args.limit)))
@@ -306,8 +291,25 @@ def main() -> None:
         generated = make_jpegs(args.originals, folder, args.make_jpegs, args.workers)
         print(f"made {args.make_jpegs} JPEGs in {folder} ({time.perf_counter() - start:.1f} s)", flush=True)
         datasets.append(("generated", generated))
-    for label, dataset in datasets:
-        measure(label, dataset, encoder, args, device, rows, checks)
+    caches = {label: Path(tempfile.mkdtemp(prefix="extraction-speed-")) for label, _ in datasets}
+    try:
+        for label, dataset in datasets:
+            measure(label, dataset, encoder, args, device, table, checks, caches[label])
+        if args.compile:  # last: compiling takes a minute
+            start = time.perf_counter()
+            with torch.inference_mode():
+                compiled = compiled_encoder(encoder)
+                forward_rate(compiled, device, args.batch_size, size, 1)
+            table.add("-", "forward only, compiled", forward_rate(compiled, device, args.batch_size, size,
+                                                                  args.forward_batches),
+                      f"compile {time.perf_counter() - start:.0f} s")
+            for label, dataset in datasets:
+                warm = ours(encoder, dataset, device, caches[label], batch=args.batch_size, workers=args.workers,
+                            decode="auto", compile=True)
+                table.add(label, "ours warm + compile", warm["images_per_second"], _sources(warm))
+    finally:
+        for cache in caches.values():
+            shutil.rmtree(cache, ignore_errors=True)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"\n{args.arch} at {size} px, batch {args.batch_size}, {args.workers} threads/workers, device {name}, "
           f"{os.cpu_count()} CPU cores, torch {torch.__version__}")
@@ -316,13 +318,13 @@ def main() -> None:
                        headers=["data", "features compared", "min cosine", "mean cosine", "min centred cosine"],
                        tablefmt="github"))
         print()
-    table = []
-    for data, what, rate, note in rows:
-        seed = next((r for d, w, r, _ in rows if d == data and w.startswith("seed-style")), None)
+    rows = []
+    for data, what, rate, note in table.rows:
+        seed = next((r for d, w, r, _ in table.rows if d == data and w.startswith("seed-style")), None)
         ratio = f"{rate / seed:.1f}x" if seed and data != "-" else ""
-        share = f"{100 * rate / limit:.0f} %" if data != "-" or what.startswith("forward only, compiled") else ""
-        table.append((data, what, f"{rate:,.0f}", share, ratio, note))
-    print(tabulate(table, headers=["data", "pipeline", "images/s", "of forward limit", "vs seed-style", "notes"],
+        share = f"{100 * rate / limit:.0f} %" if data != "-" or what.endswith("compiled") else ""
+        rows.append((data, what, f"{rate:,.0f}", share, ratio, note))
+    print(tabulate(rows, headers=["data", "pipeline", "images/s", "of forward limit", "vs seed-style", "notes"],
                    tablefmt="github"))
 
 
