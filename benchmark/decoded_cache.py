@@ -7,10 +7,13 @@ memory map (uint8 -> device -> normalise -> network). Colour handling (grey, mea
 normalisation) comes after the cache, so it is not part of the key.
 
 File: ``<cache>/decoded/<hh>/<sha256 of the key>.u8``: a 4 KiB header (magic line + JSON key and
-shape) then the C-ordered uint8 array [N, 3, S, S] of all dataset rows in dataset order. Written
-through :func:`benchmark.atomic.atomic_target` (temp file, fsync, rename); a file whose header
-does not match its key exactly or whose size is not header + array (truncated, foreign) is
-ignored and rebuilt.
+shape) then the C-ordered uint8 array [N, 3, S, S] of all dataset rows in dataset order, readable
+as ``np.memmap(path, uint8, "r", offset=4096, shape=...)``. Written through
+:func:`benchmark.atomic.atomic_target` (temp file, fsync, rename); a file whose header does not
+match its key exactly or whose size is not header + array (truncated, foreign) is ignored and
+rebuilt. Bulk transfers use ``pwrite``/``preadv`` (one system call per batch instead of a page fault per
+4 KiB; twice the memory map's write rate on the 2-core development machine); random rows come
+through the memory map.
 """
 from __future__ import annotations
 
@@ -70,16 +73,48 @@ def open_decoded(path: Path, key: dict) -> np.memmap | None:
         return None
 
 
-def create_decoded(tmp: Path, key: dict) -> np.memmap:
-    """A writable memory map [N, 3, S, S] behind a header for ``key`` at the temporary path ``tmp``."""
-    shape = array_shape(key)
-    header = MAGIC + json.dumps({"key": key, "shape": list(shape)}, sort_keys=True).encode() + b"\n"
-    if len(header) > HEADER_BYTES:
-        raise ValueError(f"decoded-image cache header too long ({len(header)} bytes)")
-    _remove_stale_temporaries(tmp)
-    with open(tmp, "wb") as handle:
-        handle.write(header.ljust(HEADER_BYTES, b"\0"))
-    return np.memmap(tmp, dtype=np.uint8, mode="r+", offset=HEADER_BYTES, shape=shape)
+class DecodedWriter:
+    """Writes batches of rows into a new cache file at the temporary path ``tmp`` with ``pwrite``
+    (large writes: no page fault per 4 KiB as through a writable memory map)."""
+
+    def __init__(self, tmp: Path, key: dict):
+        shape = array_shape(key)
+        self.image_bytes = int(np.prod(shape[1:]))
+        header = MAGIC + json.dumps({"key": key, "shape": list(shape)}, sort_keys=True).encode() + b"\n"
+        if len(header) > HEADER_BYTES:
+            raise ValueError(f"decoded-image cache header too long ({len(header)} bytes)")
+        _remove_stale_temporaries(tmp)
+        self.descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.pwrite(self.descriptor, header.ljust(HEADER_BYTES, b"\0"), 0)
+        os.ftruncate(self.descriptor, HEADER_BYTES + shape[0] * self.image_bytes)
+
+    def write(self, start: int, rows: np.ndarray) -> None:
+        """``rows``: uint8 [B, 3, S, S] (C-contiguous) for rows ``start .. start + B - 1``."""
+        view = memoryview(np.ascontiguousarray(rows)).cast("B")
+        offset, done = HEADER_BYTES + start * self.image_bytes, 0
+        while done < len(view):
+            done += os.pwrite(self.descriptor, view[done:], offset + done)
+
+    def close(self) -> None:
+        if self.descriptor >= 0:
+            os.close(self.descriptor)
+            self.descriptor = -1
+
+
+def read_rows(cached: np.memmap, start: int, out: np.ndarray) -> None:
+    """Rows ``start .. start + len(out) - 1`` of an open cache into ``out`` with ``preadv`` (no page faults)."""
+    view = memoryview(out).cast("B")
+    offset = int(cached.offset) + start * int(np.prod(cached.shape[1:]))
+    descriptor = os.open(cached.filename, os.O_RDONLY)
+    try:
+        done = 0
+        while done < len(view):
+            count = os.preadv(descriptor, [view[done:]], offset + done)
+            if count <= 0:
+                raise OSError(f"decoded-image cache {cached.filename} ended early")
+            done += count
+    finally:
+        os.close(descriptor)
 
 
 def _remove_stale_temporaries(tmp: Path) -> None:

@@ -4,16 +4,18 @@ One contract for every source: uint8 [B, 3, S, S] after resize + centre crop and
 change (``Preprocessing.crop_uint8``), on the device that runs the network, in row order.
 ``Preprocessing.input_from_uint8`` then makes the network input. Sources, per image:
 
-* ``cache``: the decoded-image cache (:mod:`benchmark.decoded_cache`), a memory map written by an
-  earlier pass with the same dataset, geometry and decoder;
+* ``cache``: the decoded-image cache (:mod:`benchmark.decoded_cache`) written by an earlier pass
+  with the same dataset, geometry and decoder;
 * ``nvjpeg``: files read by threads, decoded in batches by nvjpeg on the GPU
   (``torchvision.io.decode_jpeg(device="cuda")``), resized and cropped on the GPU by the same
   ``Preprocessing.geometry`` code on tensors (torchvision's antialiased resize); only JPEGs that
   :func:`benchmark.jpeg.gpu_decodable` accepts and only for datasets whose images are their files
   (``FileImageDataset`` without a custom loader);
-* ``pil``: ``dataset.load_image`` + ``Preprocessing.crop_uint8`` in a thread pool (PIL releases the
-  GIL while decoding and resampling): every other image (PNG, 16-bit, arrays, odd JPEGs) and every
-  image on the CPU. Its pixels are exactly the reference CPU pipeline's.
+* ``pil``: ``dataset.load_image`` + ``Preprocessing.crop_uint8``: every other image (PNG, 16-bit,
+  arrays, odd JPEGs) and every image on the CPU. Its pixels are exactly the reference CPU
+  pipeline's. Files are decoded in DataLoader worker processes when there are two or more workers
+  (threads would share one GIL: ~860 images/s with 15 threads on the H200 host), in-memory arrays
+  and single-worker runs in threads (PIL releases the GIL while decoding and resampling).
 
 A background thread prepares batch k+1 (reads, decodes, host->device copies on a side CUDA stream)
 while the caller runs the network on batch k; errors (an unreadable image) are raised in the
@@ -22,22 +24,26 @@ caller's thread with the file name.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
+import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.data import Dataset
 
 from benchmark import distributed
 from benchmark.atomic import atomic_target
-from benchmark.decoded_cache import create_decoded, decoded_key, decoded_path, open_decoded
+from benchmark.decoded_cache import DecodedWriter, decoded_key, decoded_path, open_decoded, read_rows
 from benchmark.jpeg import JpegInfo, gpu_decodable
+from benchmark.workers import data_loader
 from datasets.base import FileImageDataset, ImageDataset, UnreadableImageError
 from pretrained.preprocessing import Preprocessing
 
@@ -81,12 +87,14 @@ class ImageBatches:
         rows: dataset row indices, in the order wanted.
         decode: "pil" or "nvjpeg" (see :func:`resolve_decode`); "nvjpeg" on a CPU device runs the
             same tensor pipeline with torchvision's CPU decoder (tests).
-        workers: threads reading and PIL-decoding files; 0 does everything in the caller's thread.
+        workers: threads reading files (and PIL worker processes, see the module doc); 0 does
+            everything in the caller's thread.
         cache_dir: where the decoded-image cache lives (None: no cache). It is read when it
             exists; it is written when ``rows`` are all the dataset's rows and this is the only
             process (under torchrun the ranks read a cache but do not write one).
-    After iterating, ``stats`` counts the images per source and ``cache_state`` says what the
-    cache did ("off", "hit", "written", "miss").
+    After iterating, ``stats`` counts the images per source, ``cache_state`` says what the cache did
+    ("off", "hit", "written", "miss") and ``commit_seconds`` how long making the written cache
+    durable took (fsync + rename).
     """
 
     def __init__(self, dataset: ImageDataset, rows: np.ndarray, preprocessing: Preprocessing, *,
@@ -98,8 +106,10 @@ class ImageBatches:
         self.size = preprocessing.input_size
         self.stats: Counter = Counter()
         self.cache_state = "off"
+        self.commit_seconds = 0.0
         self._tensor_decode = decode == "nvjpeg" and takes_files_as_images(dataset) and (
             preprocessing.interpolation in ("bicubic", "bilinear"))
+        self._pil_processes = self.workers >= 2 and isinstance(dataset, FileImageDataset)
         self._max_pixels = Image.MAX_IMAGE_PIXELS
 
     def __len__(self) -> int:
@@ -120,39 +130,45 @@ class ImageBatches:
             yield from self._run(None, None)
             return
         with atomic_target(path) as tmp:
-            target = create_decoded(tmp, key)
-            yield from self._run(None, target)
-            target.flush()
-            del target
-            self.cache_state = "written"
+            writer = DecodedWriter(tmp, key)
+            try:
+                yield from self._run(None, writer)
+            finally:
+                writer.close()
+            tick = time.perf_counter()
+        self.commit_seconds = time.perf_counter() - tick
+        self.cache_state = "written"
 
-    def _run(self, cached: np.memmap | None, target: np.memmap | None) -> Iterator[tuple[int, torch.Tensor]]:
+    def _run(self, cached: np.memmap | None, writer: DecodedWriter | None) -> Iterator[tuple[int, torch.Tensor]]:
         starts = list(range(0, len(self.rows), self.batch_size))
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="images") if self.workers > 0 else None
         side = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
-        writer = _CacheWriter(target) if target is not None else None
+        copier = _CacheCopier(writer) if writer is not None else None
+        pil_batches = None
+        if cached is None and not self._tensor_decode and self._pil_processes:
+            pil_batches = iter(data_loader(_Crops(self.dataset, self.rows, self.preprocessing),
+                                           batch_size=self.batch_size, num_workers=self.workers,
+                                           collate_fn=_collate_crops))
+        reads: dict[int, Future] = {}
         try:
             def make(start: int):
-                return self._batch(start, cached, pool, side, writer)
-            if pool is None:
-                batches = (make(start) for start in starts)
-            else:
-                batches = _prefetch(make, starts, PREFETCH_BATCHES)
+                return self._batch(start, cached, pool, side, copier, pil_batches, reads)
+            batches = (make(start) for start in starts) if pool is None else _prefetch(make, starts, PREFETCH_BATCHES)
             for start, (pixels, ready) in zip(starts, batches):
                 if ready is not None:
                     torch.cuda.current_stream(self.device).wait_event(ready)
                     pixels.record_stream(torch.cuda.current_stream(self.device))
                 yield start, pixels
-            if writer is not None:
-                writer.finish()
+            if copier is not None:
+                copier.finish()
         finally:
-            if writer is not None:
-                writer.close()
+            if copier is not None:
+                copier.close()
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
 
     # -- one batch (runs in the prefetch thread) ------------------------------------------------
-    def _batch(self, start: int, cached, pool, side, writer) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+    def _batch(self, start: int, cached, pool, side, copier, pil_batches, reads: dict) -> tuple:
         rows = self.rows[start:start + self.batch_size]
         stream = torch.cuda.stream(side) if side is not None else nullcontext()
         with stream:
@@ -160,11 +176,23 @@ class ImageBatches:
                 pixels = self._from_cache(cached, rows)
                 self.stats["cache"] += len(rows)
             elif self._tensor_decode:
-                pixels = self._decode_tensors(rows, pool)
+                if pool is not None:  # read this batch's files (if not read ahead) and the next batch's
+                    for ahead in (start, start + self.batch_size):
+                        if ahead < len(self.rows) and ahead not in reads:
+                            reads[ahead] = pool.submit(self._read_batch, ahead)
+                    files = reads.pop(start).result()
+                else:
+                    files = self._read_batch(start)
+                pixels = self._decode_tensors(rows, files, pool)
+            elif pil_batches is not None:
+                crops, errors = next(pil_batches)
+                _raise_unreadable(errors)
+                self.stats["pil"] += len(rows)
+                pixels = self._to_device(crops)
             else:
                 pixels = self._to_device(self._pil(rows, pool))
-            if writer is not None:
-                writer.put(start, pixels)
+            if copier is not None:
+                copier.put(start, pixels)
             ready = None
             if side is not None:
                 ready = torch.cuda.Event()
@@ -172,57 +200,50 @@ class ImageBatches:
         return pixels, ready
 
     def _from_cache(self, cached: np.memmap, rows: np.ndarray) -> torch.Tensor:
-        contiguous = len(rows) > 0 and rows[-1] - rows[0] == len(rows) - 1 and bool(np.all(np.diff(rows) == 1))
-        source = cached[rows[0]:rows[-1] + 1] if contiguous else cached[rows]
         host = torch.empty((len(rows), 3, self.size, self.size), dtype=torch.uint8,
                            pin_memory=self.device.type == "cuda")
-        np.copyto(host.numpy(), source)
+        if len(rows) and rows[-1] - rows[0] == len(rows) - 1 and bool(np.all(np.diff(rows) == 1)):
+            read_rows(cached, int(rows[0]), host.numpy())  # a contiguous run: one preadv
+        else:
+            np.copyto(host.numpy(), cached[rows])
         return host.to(self.device, non_blocking=True) if self.device.type == "cuda" else host
 
     def _to_device(self, host: torch.Tensor) -> torch.Tensor:
         if self.device.type != "cuda":
             return host
-        return host.pin_memory().to(self.device, non_blocking=True)
+        return (host if host.is_pinned() else host.pin_memory()).to(self.device, non_blocking=True)
 
     def _pil(self, rows: np.ndarray, pool) -> torch.Tensor:
-        """PIL pixels [len(rows), 3, S, S] on the CPU; an unreadable image raises (first one named)."""
+        """PIL pixels [len(rows), 3, S, S] on the CPU (threads); an unreadable image raises (first one named)."""
         results = list(pool.map(self._pil_one, rows)) if pool is not None and len(rows) > 1 else [
             self._pil_one(row) for row in rows]
-        errors = [r for r in results if isinstance(r, str)]
-        if errors:
-            more = f" ({len(errors) - 1} more unreadable in this batch)" if len(errors) > 1 else ""
-            raise UnreadableImageError(errors[0] + more)
+        _raise_unreadable([r for r in results if isinstance(r, str)])
         self.stats["pil"] += len(rows)
         if not results:
             return torch.empty((0, 3, self.size, self.size), dtype=torch.uint8)
         return torch.stack(results)
 
     def _pil_one(self, row) -> torch.Tensor | str:
-        try:
-            return self.preprocessing.crop_uint8(self.dataset.load_image(int(row)))
-        except UnreadableImageError as error:
-            return str(error)
+        return _crop_or_error(self.dataset, self.preprocessing, int(row))
 
-    def _decode_tensors(self, rows: np.ndarray, pool) -> torch.Tensor:
+    def _read_batch(self, start: int) -> list[tuple[np.ndarray | None, JpegInfo | None]]:
+        """(bytes, frame facts or None) of each file of the batch starting at ``start`` (a reader thread)."""
+        rows = self.rows[start:start + self.batch_size]
+        out = []
+        for row in rows:
+            data = _read_file(self.dataset.path(int(row)))
+            out.append((data, gpu_decodable(data, self._max_pixels) if data is not None else None))
+        return out
+
+    def _decode_tensors(self, rows: np.ndarray, files: list, pool) -> torch.Tensor:
         """nvjpeg for the JPEGs it may take, PIL for the rest; uint8 [len(rows), 3, S, S] on the device."""
-        paths = [self.dataset.path(int(row)) for row in rows]
-        if pool is not None:  # a few chunks, not one task per file: less GIL time per image
-            step = -(-len(paths) // self.workers)
-            files = [data for chunk in pool.map(_read_files, [paths[i:i + step] for i in range(0, len(paths), step)])
-                     for data in chunk]
-        else:
-            files = _read_files(paths)
-        jpeg_positions, infos = [], []
-        for position, data in enumerate(files):
-            info = gpu_decodable(data.data, self._max_pixels) if data is not None else None
-            if info is not None:
-                jpeg_positions.append(position)
-                infos.append(info)
+        jpeg_positions = [p for p, (_, info) in enumerate(files) if info is not None]
+        infos = [files[p][1] for p in jpeg_positions]
         out = torch.empty((len(rows), 3, self.size, self.size), dtype=torch.uint8, device=self.device)
-        decoded_positions = []
+        decoded_positions: list[int] = []
         try:
             for chunk in _chunks(jpeg_positions, infos, MAX_DECODE_PIXELS):
-                images = _decode_jpegs([torch.from_numpy(files[p]) for p in chunk], self.device)
+                images = _decode_jpegs([torch.frombuffer(files[p][0], dtype=torch.uint8) for p in chunk], self.device)
                 self._geometry_into(out, chunk, images)
                 decoded_positions += chunk
         except RuntimeError as error:  # nvjpeg refused a file the header check let through: PIL decides
@@ -244,20 +265,67 @@ class ImageBatches:
             per_call = max(1, MAX_RESIZE_PIXELS // (height * width))
             for first in range(0, len(members), per_call):
                 part = members[first:first + per_call]
-                batch = torch.stack([images[i] for i in part])
-                pixels = self.preprocessing.geometry(batch)
-                out[torch.as_tensor([positions[i] for i in part], device=out.device)] = pixels
+                pixels = self.preprocessing.geometry(torch.stack([images[i] for i in part]))
+                targets = [positions[i] for i in part]
+                if targets == list(range(targets[0], targets[0] + len(targets))):  # a run: no index tensor
+                    out[targets[0]:targets[0] + len(targets)] = pixels
+                else:
+                    out[torch.as_tensor(targets, device=out.device)] = pixels
 
 
-def _read_files(paths: list[Path]) -> list[np.ndarray | None]:
-    """Each file's bytes as a uint8 array (None when unreadable: the PIL path reports the error)."""
-    files = []
-    for path in paths:
-        try:
-            files.append(np.fromfile(path, dtype=np.uint8))
-        except OSError:
-            files.append(None)
-    return files
+class _Crops(Dataset):
+    """Position -> (uint8 [3, S, S] via ``load_image`` + ``crop_uint8``, "" or the error message)."""
+
+    def __init__(self, dataset: ImageDataset, rows: np.ndarray, preprocessing: Preprocessing):
+        self.dataset, self.rows, self.preprocessing = dataset, rows, preprocessing
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, position: int) -> tuple[torch.Tensor, str]:
+        result = _crop_or_error(self.dataset, self.preprocessing, int(self.rows[position]))
+        if isinstance(result, str):
+            size = self.preprocessing.input_size
+            return torch.zeros((3, size, size), dtype=torch.uint8), result
+        return result, ""
+
+
+def _collate_crops(items: list[tuple[torch.Tensor, str]]) -> tuple[torch.Tensor, list[str]]:
+    return torch.stack([pixels for pixels, _ in items]), [error for _, error in items if error]
+
+
+def _crop_or_error(dataset: ImageDataset, preprocessing: Preprocessing, row: int) -> torch.Tensor | str:
+    try:
+        return preprocessing.crop_uint8(dataset.load_image(row))
+    except UnreadableImageError as error:
+        return str(error)
+
+
+def _raise_unreadable(errors: list[str]) -> None:
+    if errors:
+        more = f" ({len(errors) - 1} more unreadable in this batch)" if len(errors) > 1 else ""
+        raise UnreadableImageError(errors[0] + more)
+
+
+def _read_file(path: Path) -> bytearray | None:
+    """The file's bytes (None when unreadable: the PIL path then reports the error)."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        data = bytearray(os.fstat(descriptor).st_size)
+        view, done = memoryview(data), 0
+        while done < len(data):
+            count = os.readv(descriptor, [view[done:]])
+            if count <= 0:
+                return None
+            done += count
+        return data
+    except OSError:
+        return None
+    finally:
+        os.close(descriptor)
 
 
 def _chunks(positions: list[int], infos: list[JpegInfo], budget: int) -> Iterator[list[int]]:
@@ -281,12 +349,12 @@ def _decode_jpegs(data: list[torch.Tensor], device: torch.device) -> list[torch.
     return [decode_jpeg(d, mode=ImageReadMode.RGB) for d in data]
 
 
-class _CacheWriter:
-    """Copies finished batches into the cache's memory map from a thread of its own (off the critical path)."""
+class _CacheCopier:
+    """Copies finished batches device -> host -> cache file from a thread of its own (off the critical path)."""
 
-    def __init__(self, target: np.memmap):
-        self.target = target
-        self.jobs: queue.Queue = queue.Queue(maxsize=2 * PREFETCH_BATCHES)
+    def __init__(self, writer: DecodedWriter):
+        self.writer = writer
+        self.jobs: queue.Queue = queue.Queue(maxsize=4 * PREFETCH_BATCHES)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._loop, name="decoded-cache-writer", daemon=True)
         self.thread.start()
@@ -312,12 +380,12 @@ class _CacheWriter:
             try:
                 if done is not None:
                     done.synchronize()
-                self.target[start:start + len(host)] = host.numpy()
+                self.writer.write(start, host.numpy())
             except BaseException as error:  # reported by put/finish in the producing thread
                 self.error = error
 
     def finish(self) -> None:
-        """Wait until every batch is in the memory map."""
+        """Wait until every batch is in the file."""
         self.close()
         if self.error is not None:
             raise self.error
@@ -328,7 +396,7 @@ class _CacheWriter:
             self.thread.join()
 
 
-def _prefetch(make, starts: list[int], depth: int) -> Iterator:
+def _prefetch(make: Callable, starts: list[int], depth: int) -> Iterator:
     """``make(start)`` for each start, computed ``depth`` ahead in a background thread, in order."""
     results: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()

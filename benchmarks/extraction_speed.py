@@ -15,8 +15,9 @@ measures them too. One run, one machine, every row measured in this process:
 * ``nvjpeg decode``: ``torchvision.io.decode_jpeg(device="cuda")`` on file bytes already in memory,
   alone and with our resize + centre crop on the GPU;
 * ``ours``: :func:`benchmark.features.extract_features` end to end from the files: ``cold`` (nvjpeg
-  decode, decoded-image cache written), ``warm`` (a second extraction with the same geometry reads
-  uint8 from the decoded-image cache), ``warm + compile``, and ``PIL threads`` (``--decode pil``);
+  decode; with no cache folder, and with the decoded-image cache written), ``warm`` (a second
+  extraction with the same geometry reads uint8 from the decoded-image cache), ``warm + compile``,
+  and ``PIL`` (``--decode pil``, the CPU path and the fallback for files nvjpeg does not take);
 * ``seed-style``: ANTON's linear.py pipeline: a PIL DataLoader (Resize(224, bicubic), CenterCrop,
   ToTensor, Normalize) with the same workers, batch 64, fp32 forward, on ``--seed-images`` images.
 
@@ -217,8 +218,13 @@ def measure(label: str, dataset: ImageDataset, encoder: Encoder, args, device, t
     if args.pil:
         pil = ours(encoder, dataset, device, cache, batch=args.batch_size, workers=args.workers, decode="pil",
                    compile=False)
-        table.add(label, f"ours cold, PIL in {args.workers} threads", pil["images_per_second"], _sources(pil))
+        table.add(label, f"ours cold, PIL in {args.workers} workers", pil["images_per_second"], _sources(pil))
         shutil.rmtree(cache / "decoded", ignore_errors=True)
+    if device.type == "cuda":  # the decode pipeline alone: no decoded-image cache to write
+        bare = extract_features(encoder, dataset, device=device, batch_size=args.batch_size,
+                                num_workers=args.workers, cache_dir=None)
+        table.add(label, f"ours cold ({bare.meta['decode']}, no cache dir)", bare.meta["images_per_second"],
+                  _sources(bare.meta))
     cold = ours(encoder, dataset, device, cache, batch=args.batch_size, workers=args.workers, decode="auto",
                 compile=False)
     table.add(label, f"ours cold ({cold['decode']}, decoded cache written)", cold["images_per_second"], _sources(cold))
@@ -244,6 +250,8 @@ def measure(label: str, dataset: ImageDataset, encoder: Encoder, args, device, t
 def _sources(meta: dict) -> str:
     sources = ", ".join(f"{k} {v}" for k, v in sorted(meta.get("images_by_source", {}).items()))
     extra = f"; compile {meta['compile_seconds']:.0f} s" if "compile_seconds" in meta else ""
+    if meta.get("decoded_cache") == "written":
+        extra += f"; cache fsync+rename {meta['decoded_cache_commit_seconds']:.2f} s"
     return f"{meta['seconds']:.2f} s; {sources}{extra}"
 
 
