@@ -83,7 +83,6 @@ class DecodedWriter:
         header = MAGIC + json.dumps({"key": key, "shape": list(shape)}, sort_keys=True).encode() + b"\n"
         if len(header) > HEADER_BYTES:
             raise ValueError(f"decoded-image cache header too long ({len(header)} bytes)")
-        _remove_stale_temporaries(tmp)
         self.descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.pwrite(self.descriptor, header.ljust(HEADER_BYTES, b"\0"), 0)
         os.ftruncate(self.descriptor, HEADER_BYTES + shape[0] * self.image_bytes)
@@ -115,22 +114,3 @@ def read_rows(cached: np.memmap, start: int, out: np.ndarray) -> None:
             done += count
     finally:
         os.close(descriptor)
-
-
-def _remove_stale_temporaries(tmp: Path) -> None:
-    """Delete temporaries of the same target left by killed processes (``.<name>.<pid>.tmp``, pid gone)."""
-    target = tmp.name.rsplit(".", 2)[0]  # ".<name>"
-    for other in tmp.parent.glob(f"{target}.*.tmp"):
-        pid = other.name.rsplit(".", 2)[-2]
-        if other != tmp and pid.isdigit() and not _alive(int(pid)):
-            other.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -90,9 +90,9 @@ def _child(args: list[str], fault: str | None, log: str, out: str, go=None, toge
     if kind == "extract":  # SIGKILL after the first batch of the nth extraction
         real_run = features._run_encoder
 
-        def run_encoder(encoder, dataset, indices, device, batch_size, workers, progress):
-            killer = (lambda n: _kill_self()) if due() else progress
-            return real_run(encoder, dataset, indices, device, batch_size, workers, killer)
+        def run_encoder(*args):  # the progress callback is the last argument
+            killer = (lambda n: _kill_self()) if due() else args[-1]
+            return real_run(*args[:-1], killer)
         features._run_encoder = run_encoder
     elif kind == "write":  # SIGKILL with half of the nth record written into its temporary file
         real_write = records.atomic_write_text
