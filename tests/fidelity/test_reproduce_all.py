@@ -1,6 +1,7 @@
 """`reproduce medmnist-v2 --all`: file discovery (both layouts), the run plan, the fidelity report."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -87,3 +88,21 @@ def test_reproduce_usage_errors(tmp_path: Path):
     empty = runner.invoke(cli, ["reproduce", "medmnist-v2", "--all", "--root", str(tmp_path), "--device", "cpu",
                                 "--results", str(tmp_path / "r")])
     assert empty.exit_code == 1 and "no MedMNIST .npz file" in empty.output
+
+
+SHARED_MEDMNIST = Path(os.environ.get("MEDTRANSFER_SHARED_DATA", Path(__file__).resolve().parents[2].parent / "shared"
+                                      / "data")) / "medmnist"
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not (SHARED_MEDMNIST / "breastmnist.npz").is_file(), reason="../shared/data/medmnist is absent")
+def test_the_shared_breastmnist_is_found_planned_and_its_md5_mismatch_reported(tmp_path: Path, monkeypatch):
+    from datasets.medmnist import build_medmnist
+    monkeypatch.setenv("MEDTRANSFER_CACHE", str(tmp_path / "cache"))  # the md5 memo goes here, not into ../shared
+    (found,) = discover_medmnist(SHARED_MEDMNIST)
+    assert (found.flag, found.size) == ("breastmnist", 28)
+    runs, left_out = plan_medmnist_v2([found], ("resnet18",), (28, 224))
+    assert [(r.size, r.source.size) for r in runs] == [(28, 28), (224, 28)] and left_out == []
+    dataset = build_medmnist("breastmnist", found.path, {})
+    assert dataset.info["n_samples"] == {"train": 546, "val": 78, "test": 156}  # the published split sizes
+    assert dataset.info["md5"]["status"] == "mismatch"  # a re-saved copy (1-D labels): reported, not hidden
