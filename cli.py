@@ -810,7 +810,7 @@ def reproduce(protocol: str, dataset: str | None, all_sets: bool, root: Path | N
     """
     _setup_logging(common.pop("verbose"))
     common.pop("checkpoint"), common.pop("key_prefix")
-    from benchmark.reproduce import (format_comparison, medmnist_v2_comparison, report_rows, run_medmnist_v2,
+    from benchmark.reproduce import (format_comparison, md5_note, medmnist_v2_comparison, report_rows, run_medmnist_v2,
                                      run_medmnist_v2_all, write_fidelity_report)
     archs, size_values = archs or ("resnet18",), tuple(int(s) for s in (sizes or ("28",)))
     if all_sets:
@@ -849,6 +849,8 @@ def reproduce(protocol: str, dataset: str | None, all_sets: bool, root: Path | N
             if init_model:
                 click.echo(f"note: the published rows are the paper's from-scratch {arch} at {size} px, shown for contrast")
             click.echo(format_comparison(medmnist_v2_comparison(record, arch, size, tolerance)))
+            if md5_note(record):
+                click.echo(md5_note(record))
             click.echo(f"record: {outcome.path}", err=True)
             rows.extend(report_rows(record, outcome, arch, size, tolerance))
     if report_path is not None:

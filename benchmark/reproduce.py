@@ -110,6 +110,15 @@ def format_comparison(rows: list[dict]) -> str:
     return "\n".join([text, *notes])
 
 
+def md5_note(record: ResultRecord) -> str | None:
+    """A one-line note when the record's source file is not the published one (md5 mismatch), else None."""
+    md5 = record.extra.get("md5") if isinstance(record.extra, dict) else None
+    if not md5 or md5.get("status") != "mismatch":
+        return None
+    return (f"note: {Path(md5.get('file', '')).name} is not the published file (md5 {md5.get('actual')}, published "
+            f"{md5.get('expected')}): re-saved or changed; results may not be comparable")
+
+
 # -- finding files and planning runs --------------------------------------------------------------
 @dataclass(frozen=True)
 class MedMNISTFile:
@@ -169,15 +178,19 @@ def plan_medmnist_v2(files: list[MedMNISTFile], archs: tuple[str, ...] = ("resne
     runs, left_out = [], []
     for flag, available in by_flag.items():
         used: set[int] = set()
+        unplanned = []
         for arch in archs:
             for size in sizes:
                 source = available.get(28) or (available.get(224) if size == 224 else None)
                 if source is None:
-                    left_out.append({"dataset": flag, "file": ", ".join(p.path.name for p in available.values()),
-                                     "why": f"{medmnist_v2_model(arch, size)} needs the 28-px file {flag}.npz"})
+                    unplanned.append(medmnist_v2_model(arch, size))
                     continue
                 used.add(source.size)
                 runs.append(PlannedRun(flag, arch, size, source))
+        if unplanned:
+            left_out.append({"dataset": flag, "file": ", ".join(p.path.name for p in available.values()),
+                             "why": f"{', '.join(unplanned)} need{'s' if len(unplanned) == 1 else ''} the 28-px "
+                                    f"file {flag}.npz"})
         for size, item in available.items():
             if size not in used:
                 left_out.append({"dataset": flag, "file": item.path.name,

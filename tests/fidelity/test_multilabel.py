@@ -151,6 +151,7 @@ def test_reproduce_chestmnist_compares_with_the_multilabel_row(tmp_path: Path, m
     assert result.exit_code == 0, result.output
     assert "0.768" in result.output and "0.947*" in result.output  # ChestMNIST R18 (28) ACC: one source only
     assert "0.778 Google AutoML Vision" in result.output
+    assert "chestmnist.npz is not the published file (md5 " in result.output  # reported, not hidden
     path = next((tmp_path / "results").rglob("resnet18-random__size28-seeds2-epochs1.json"))
     record = json.loads(path.read_text())
     assert record["protocol"]["resolved"]["loss"] == "bce-with-logits"
