@@ -14,6 +14,7 @@ DEFAULT_RESULTS = Path("results")
 EVALUATOR_COMMANDS = ("linear", "knn", "fewshot", "kshot-linear", "finetune", "invariance", "multiview-invariance",
                       "saliency", "dip")
 MAIN_JOB_IMAGE_SIZE = 128
+MIN_IMAGE_SIZE = 16  # smallest --image-size: below it a ResNet's last map is empty or 1 px of padding
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -57,6 +58,12 @@ def _parse_pairs(values: tuple[str, ...], what: str) -> dict[str, Any]:
         except json.JSONDecodeError:
             out[key.strip()] = value
     return out
+
+
+def _check_image_size(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    if value is not None and 0 < value < MIN_IMAGE_SIZE:
+        raise click.BadParameter(f"must be 0 (each encoder's own input size) or >= {MIN_IMAGE_SIZE} px, got {value}")
+    return value
 
 
 def _parse_shard(value: str | None) -> tuple[int, int] | None:
@@ -110,7 +117,7 @@ def common_run_options(func: Callable) -> Callable:
                      help="Image decoding for extraction: nvjpeg on the GPU (auto on CUDA) or PIL (recorded)."),
         click.option("--compile", "compile_encoder", is_flag=True,
                      help="torch.compile the encoder for feature extraction (recorded)."),
-        click.option("--image-size", type=click.IntRange(0), default=None,
+        click.option("--image-size", type=click.IntRange(0), default=None, callback=_check_image_size,
                      help="Override every encoder's input resolution (recorded in the protocol)."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed for splits, bootstrap and episodes."),
         click.option("--split-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
@@ -543,10 +550,13 @@ def data_download(name: str, size: str, dest: Path | None, url: str | None, md5:
 def _evaluator_help(name: str) -> str:
     try:
         from evaluators.registry import EVALUATORS
+        from benchmark.options import show
         spec = EVALUATORS.get(name)
-        defaults = ", ".join(f"{k}={v!r}" for k, v in spec.defaults.items())
+        schema = spec.option_schema or {}
+        lines = [f"{k}={show(v)}" + (f"  ({schema[k].describe()})" if k in schema else "") for k, v in spec.defaults.items()]
         presets = ", ".join(spec.presets) or "none"
-        return f"{spec.description}\n\nOptions (-o KEY=VALUE): {defaults}\n\nPresets: {presets}"
+        return (f"{spec.description}\n\nOptions (-o KEY=VALUE, value as JSON; default, then what is allowed):\n\n\b\n"
+                + "\n".join(lines) + f"\n\nPresets: {presets}")
     except Exception as error:  # help must never fail
         return f"(could not load evaluator '{name}': {error})"
 
@@ -561,6 +571,8 @@ def run_evaluator_command(evaluator: str, model: str, dataset: str, root: Path |
     checkpoint, key_prefix = common.pop("checkpoint"), common.pop("key_prefix")
 
     def action():
+        from evaluators.registry import EVALUATORS
+        EVALUATORS.get(evaluator).resolve_options(preset, overrides)  # bad options fail before any data is read
         dataset_name = DATASETS.resolve(dataset)
         settings = _settings(roots={dataset_name: root} if root else {},
                              dataset_options={dataset_name: _parse_pairs(dataset_option, "--dataset-option")}, **common)

@@ -18,6 +18,7 @@ import torch
 
 from benchmark.features import Features, extract_features, extraction_facts
 from benchmark.predictions import Predictions
+from benchmark.options import Check, Rule, check_schema_covers, validate_options
 from datasets.base import ImageDataset
 from datasets.splits import SplitAssignment
 from pretrained.encoder import Encoder, EncoderSpec, LoadOptions
@@ -46,7 +47,13 @@ class EvalOutput:
 
 @dataclass
 class EvaluatorSpec:
-    """Registry entry for an evaluator or probe."""
+    """Registry entry for an evaluator or probe.
+
+    ``option_schema`` declares every option of ``defaults`` (type, range, choices: see
+    :mod:`benchmark.options`) and ``option_rules`` the checks that tie options together;
+    :meth:`resolve_options` validates with them before any compute. A spec without a schema
+    (a plugin that declares nothing) gets its options as given (JSON-parsed from ``-o``).
+    """
 
     name: str
     run: Callable[["EvalContext", dict], EvalOutput]
@@ -58,9 +65,21 @@ class EvaluatorSpec:
     aliases: tuple[str, ...] = ()
     kind: str = "evaluator"  # evaluator | probe
     multilabel: bool = False  # True: also runs on multi-label datasets (features.y / dataset.targets a 0/1 [N, L] matrix)
+    option_schema: dict[str, Check] | None = None  # None: options are not validated
+    option_rules: tuple[Rule, ...] = ()  # options -> message naming the options, or None
+
+    def __post_init__(self) -> None:
+        if self.option_schema is not None:  # a declaration error surfaces at registration, not in a run
+            check_schema_covers(self.name, self.defaults, self.option_schema)
+            for preset, values in self.presets.items():
+                if set(values) - set(self.defaults):
+                    raise TypeError(f"{self.name}: preset '{preset}' sets undeclared options {sorted(set(values) - set(self.defaults))}")
+            for preset in [None, *self.presets]:
+                self.resolve_options(preset)
 
     def resolve_options(self, preset: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Defaults, then the preset, then explicit overrides (unknown keys are an error)."""
+        """Defaults, then the preset, then explicit overrides (unknown keys are an error), validated
+        and normalised by ``option_schema``; raises ``OptionError`` (a ``ValueError``) with one line."""
         options = copy.deepcopy(self.defaults)
         if preset:
             if preset not in self.presets:
@@ -70,7 +89,9 @@ class EvaluatorSpec:
             if key not in options:
                 raise ValueError(f"evaluator '{self.name}' has no option '{key}'; options: {sorted(options)}")
             options[key] = value
-        return options
+        if self.option_schema is None:
+            return options
+        return validate_options(self.name, options, self.option_schema, self.option_rules)
 
 
 def refuse_multilabel(spec: EvaluatorSpec, dataset: ImageDataset, supported: list[str]) -> None:

@@ -25,10 +25,11 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.intervals import mean_metric
+from benchmark.options import Bool, Choice, Float, Int, ListOf, same_length
 from evaluators.base import EvalContext, EvalOutput, EvaluatorSpec
 from evaluators.dip_generator import DIP_CHANNELS, DIP_FILTERS, DIP_INPUT_CHANNELS, DIP_SKIP, SkipGenerator, noise_side
-from evaluators.image_quality import LPIPSScorer, psnr, ssim
-from evaluators.probe_common import frozen, sample_rows
+from evaluators.image_quality import LPIPS_BACKBONE_WEIGHTS, LPIPSScorer, psnr, ssim
+from evaluators.probe_common import PROBE_SPLITS, frozen, sample_rows
 from evaluators.registry import EVALUATORS
 from pretrained.encoder import Encoder
 
@@ -49,6 +50,14 @@ DIP_DEFAULTS = {
     "lpips_nets": ["alex", "vgg", "squeeze"],
     "log_every": 50,  # loss-curve resolution (iterations)
     "save_images": True,
+}
+DIP_SCHEMA = {
+    "iterations": Int(min=1), "lr": Float(min=0, min_open=True), "num_images": Int(min=1, nullable=True),
+    "split": Choice(*PROBE_SPLITS), "noise_scale": Float(min=0), "input_channels": Int(min=1),
+    "generator_channels": ListOf(Int(min=1)), "generator_skip": ListOf(Int(min=0)), "generator_filters": ListOf(Int(min=1)),
+    "image_size": Int(min=16, nullable=True), "normalize_input": Bool(),
+    "lpips_nets": ListOf(Choice(*LPIPS_BACKBONE_WEIGHTS), min_len=0, unique=True), "log_every": Int(min=1),
+    "save_images": Bool(),
 }
 
 DIP_PRESETS = {
@@ -198,7 +207,8 @@ def _save_images(context: EvalContext, ids: list[str], originals: torch.Tensor, 
 
 
 EVALUATORS.add("dip", EvaluatorSpec(
-    name="dip", run=run_dip, defaults=DIP_DEFAULTS, presets=DIP_PRESETS,
+    name="dip", run=run_dip, defaults=DIP_DEFAULTS, presets=DIP_PRESETS, option_schema=DIP_SCHEMA,
+    option_rules=(same_length("generator_channels", "generator_skip", "generator_filters"),),
     description="deep-image-prior inversion of the encoder's last spatial map (skip net, Adam 1e-3); SSIM/PSNR "
                 "between image and reconstruction, LPIPS when available (ANTON reconstruction.py)",
     benchmark_preset="quick", order=80, kind="probe", multilabel=True))  # label-free: multi-label datasets are fine

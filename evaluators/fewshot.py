@@ -25,6 +25,7 @@ import math
 import numpy as np
 import torch
 
+from benchmark.options import Float, Int, ListOf, member_of
 from benchmark.predictions import episode_predictions, fingerprint_of
 from benchmark.records import metric
 from evaluators.base import EvalContext, EvalOutput, EvaluatorSpec
@@ -39,6 +40,10 @@ FEWSHOT_DEFAULTS = {
     "n_query": 15,
     "episodes": 600,
     "max_chunk_mb": 256,  # bound on the gathered [E, N, K+Q, D] block
+}
+FEWSHOT_SCHEMA = {
+    "shots": ListOf(Int(min=1)), "primary_shots": Int(min=1), "n_way": Int(min=2), "n_query": Int(min=1),
+    "episodes": Int(min=1), "max_chunk_mb": Float(min=0, min_open=True),
 }
 _SAMPLING_BLOCK = 100  # episodes drawn per generator call (fixed so results never depend on memory settings)
 
@@ -194,7 +199,8 @@ def run_fewshot(context: EvalContext, options: dict) -> EvalOutput:
 
 
 EVALUATORS.add("fewshot", EvaluatorSpec(
-    name="fewshot", run=run_fewshot, defaults=FEWSHOT_DEFAULTS,
+    name="fewshot", run=run_fewshot, defaults=FEWSHOT_DEFAULTS, option_schema=FEWSHOT_SCHEMA,
+    option_rules=(member_of("primary_shots", "shots"),),
     presets={"quick": {"episodes": 200}},
     description="prototypical N-way K-shot episodes on frozen features, test split only (ANTON parity: 600 episodes, Q 15)",
     benchmark_preset="default", order=30, aliases=("few-shot",)))

@@ -49,6 +49,7 @@ from benchmark.calibration import calibration_metrics
 from benchmark.device import autocast_dtype, default_workers
 from benchmark.image_batches import ImageBatches, resolve_decode
 from benchmark.metrics import METRIC_NAMES, MULTILABEL_METRIC_NAMES, evaluate_scores, point_metrics, subgroup_metrics
+from benchmark.options import AnyOf, Bool, Choice, Float, Int, ListOf, exactly_one
 from benchmark.predictions import image_predictions
 from benchmark.records import write_json_atomic
 from benchmark.workers import data_loader
@@ -80,6 +81,29 @@ FINETUNE_DEFAULTS = {
     "amp": True, "sync_bn": True, "eval_batch_size": 128, "n_boot": 1000, "save_best": True,
     "keep_run_checkpoints": False,
 }
+_STEPS_OR_EPOCH = AnyOf(Int(min=1), Choice("epoch"))
+FINETUNE_SCHEMA = {
+    "steps": Int(min=1, nullable=True), "epochs": Int(min=1, nullable=True), "batch_size": Int(min=1),
+    "lrs": ListOf(Float(min=0, min_open=True)), "wds": ListOf(Float(min=0)), "wd_over_lr": Bool(),
+    "momentum": Float(min=0, max=1, max_open=True), "nesterov": Bool(),
+    "schedule": Choice("cosine", "plateau", "constant"), "cosine_eta_min": Float(min=0),
+    "plateau_factor": Float(min=0, max=1, min_open=True, max_open=True), "plateau_patience": Int(min=0),
+    "plateau_min_lr": Float(min=0),
+    "eval_every": _STEPS_OR_EPOCH, "patience": Int(min=1, nullable=True), "monitor": Choice("auto", "loss", *dict.fromkeys(METRIC_NAMES + MULTILABEL_METRIC_NAMES)),
+    "checkpoint_every": AnyOf(Int(min=1), Choice("epoch"), nullable=True),
+    "train_size": Int(min=16, nullable=True),
+    "rrc_scale": ListOf(Float(min=0, max=1, min_open=True), length=2, increasing=True, nullable=True),
+    "rrc_interpolation": Choice("bicubic", "bilinear"), "hflip": Bool(), "vflip": Bool(),
+    "rotation": Float(min=0, max=180), "hue": Float(min=0, max=0.5), "balanced": Bool(), "tta_copies": Int(min=0),
+    "amp": Bool(), "sync_bn": Bool(), "eval_batch_size": Int(min=1), "n_boot": Int(min=1), "save_best": Bool(),
+    "keep_run_checkpoints": Bool(),
+}
+
+
+def _nesterov_needs_momentum(options: dict) -> str | None:
+    if options.get("nesterov") and not options.get("momentum"):
+        return f"option 'nesterov' needs momentum > 0, got momentum={options.get('momentum')} (or -o nesterov=false)"
+    return None
 
 FINETUNE_PRESETS = {
     "transfer": {},
@@ -425,5 +449,6 @@ def _save_predictions(path: Path, ids: np.ndarray, labels: np.ndarray, probabili
 
 EVALUATORS.add("finetune", EvaluatorSpec(
     name="finetune", run=run_finetune, defaults=FINETUNE_DEFAULTS, presets=FINETUNE_PRESETS,
+    option_schema=FINETUNE_SCHEMA, option_rules=(exactly_one("steps", "epochs"), _nesterov_needs_momentum),
     description="encoder + linear head fine-tuned with SGD, early stopping on val (presets: transfer, skin-lesion, quick)",
     benchmark_preset="quick", order=50, aliases=("fine-tune",), multilabel=True))

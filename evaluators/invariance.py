@@ -22,8 +22,9 @@ import torch
 
 from benchmark.features import Features, extract_features
 from benchmark.intervals import mean_metric
+from benchmark.options import AnyOf, Bool, Choice, Float, Int, ListOf, MapOf
 from evaluators.base import EvalContext, EvalOutput, EvaluatorSpec
-from evaluators.probe_common import loader_workers, sample_rows, split_rows
+from evaluators.probe_common import PROBE_SPLITS, loader_workers, sample_rows, split_rows
 from evaluators.registry import EVALUATORS
 from invariances.multiview import different_group_pairs, same_group_pairs
 from invariances.probe import run_invariance, total_items
@@ -47,6 +48,20 @@ INVARIANCE_DEFAULTS = {
     "elastic_seed": 0,
     "figures": True,
 }
+
+INVARIANCE_SCHEMA = {
+    "transforms": ListOf(Choice(*ALL_TRANSFORMS), unique=True),
+    "k": AnyOf(Int(min=1), MapOf(Choice(*ALL_TRANSFORMS), Int(min=1))),
+    "num_images": Int(min=1, nullable=True), "split": Choice(*PROBE_SPLITS), "stats_split": Choice(*PROBE_SPLITS),
+    "resize_ratio": Float(min=1, nullable=True), "interpolation": Choice("nearest", "bilinear"), "chunk": Int(min=1),
+    "elastic_seed": Int(min=0), "figures": Bool(),
+}
+
+
+def _k_only_for_run_transforms(options: dict) -> str | None:
+    extra = sorted(set(options["k"]) - set(options["transforms"])) if isinstance(options.get("k"), dict) else []
+    return f"option 'k' names transforms that are not run: {extra} (transforms={options['transforms']})" if extra else None
+
 
 INVARIANCE_PRESETS = {
     "parity": {"resize_ratio": 256 / 224},
@@ -158,6 +173,8 @@ MULTIVIEW_DEFAULTS = {
     "max_pairs": 1000,  # one pair per group, at most this many groups (sampled without replacement)
     "same_label_only": True,  # ANTON's EyePACS pairs keep equal grades
 }
+MULTIVIEW_SCHEMA = {"split": Choice(*PROBE_SPLITS), "stats_split": Choice(*PROBE_SPLITS),
+                    "max_pairs": Int(min=1, nullable=True), "same_label_only": Bool()}
 
 
 def run_multiview(context: EvalContext, options: dict) -> EvalOutput:
@@ -193,12 +210,13 @@ def run_multiview(context: EvalContext, options: dict) -> EvalOutput:
 
 EVALUATORS.add("invariance", EvaluatorSpec(
     name="invariance", run=run_invariance_probe, defaults=INVARIANCE_DEFAULTS, presets=INVARIANCE_PRESETS,
+    option_schema=INVARIANCE_SCHEMA, option_rules=(_k_only_for_run_transforms,),
     description="invariance to 18 transformations: cosine similarity of Ledoit-Wolf Mahalanobis-whitened "
                 "features f(x) vs f(Tx), identity excluded (ERIC-I/ANTON, bugs fixed)",
     benchmark_preset="quick", order=60, kind="probe", multilabel=True))  # label-free: multi-label datasets are fine
 
 EVALUATORS.add("multiview-invariance", EvaluatorSpec(
-    name="multiview-invariance", run=run_multiview, defaults=MULTIVIEW_DEFAULTS,
+    name="multiview-invariance", run=run_multiview, defaults=MULTIVIEW_DEFAULTS, option_schema=MULTIVIEW_SCHEMA,
     presets={"quick": {"max_pairs": 300}},
     description="multi-view invariance: whitened cosine similarity of two images of one lesion/patient "
                 "(ANTON invariances_multiview), beside random different-group pairs",

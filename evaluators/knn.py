@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from benchmark.features import Features
 from benchmark.metrics import evaluate_scores, subgroup_metrics
+from benchmark.options import Choice, Float, Int, ListOf, member_of
 from benchmark.predictions import image_predictions
 from evaluators.base import EvalContext, EvalOutput, EvaluatorSpec
 from evaluators.registry import EVALUATORS
@@ -36,6 +37,10 @@ KNN_DEFAULTS = {
     "neighbours": "train",  # or "train+val"
     "chunk_size": 1024,  # queries per similarity block
     "n_boot": 1000,
+}
+KNN_SCHEMA = {
+    "ks": ListOf(Int(min=1)), "primary_k": Int(min=1), "temperature": Float(min=1e-4),  # below, float32 (s - s_max) / T is 0/0
+    "neighbours": Choice("train", "train+val"), "chunk_size": Int(min=1), "n_boot": Int(min=1),
 }
 
 
@@ -157,7 +162,7 @@ def run_knn(context: EvalContext, options: dict) -> EvalOutput:
 
 
 EVALUATORS.add("knn", EvaluatorSpec(
-    name="knn", run=run_knn, defaults=KNN_DEFAULTS,
+    name="knn", run=run_knn, defaults=KNN_DEFAULTS, option_schema=KNN_SCHEMA, option_rules=(member_of("primary_k", "ks"),),
     presets={"quick": {"n_boot": 500}},
     description="temperature-weighted cosine kNN on frozen features (k 10/20, T 0.07; neighbours from train)",
     benchmark_preset="default", order=20, multilabel=True))

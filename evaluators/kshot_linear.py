@@ -24,7 +24,8 @@ from benchmark.metrics import METRIC_NAMES, classification_metrics, mean_sd
 from benchmark.predictions import fingerprint_of, image_predictions
 from benchmark.records import metric, write_json_atomic
 from evaluators.base import EvalContext, EvalOutput, EvaluatorSpec
-from evaluators.linear import LINEAR_DEFAULTS, fit_and_score, standardizer
+from benchmark.options import Int, ListOf, member_of
+from evaluators.linear import LINEAR_DEFAULTS, LINEAR_RULES, LINEAR_SCHEMA, fit_and_score, standardizer
 from evaluators.linear_solver import fit_logistic
 from evaluators.registry import EVALUATORS
 
@@ -37,6 +38,8 @@ KSHOT_DEFAULTS = {
     **{key: LINEAR_DEFAULTS[key] for key in ("wd_min_exp", "wd_max_exp", "wd_steps", "selection_metric",
                                               "standardize", "max_iter", "tol")},
 }
+KSHOT_SCHEMA = {"ks": ListOf(Int(min=1)), "primary_k": Int(min=1), "seeds": Int(min=1),
+                **{key: LINEAR_SCHEMA[key] for key in KSHOT_DEFAULTS if key in LINEAR_SCHEMA}}
 
 
 def support_permutations(labels: np.ndarray, n_classes: int, seed: int, draw: int) -> list[np.ndarray]:
@@ -159,7 +162,8 @@ def _run(context: EvalContext, options: dict) -> EvalOutput:
 
 
 EVALUATORS.add("kshot-linear", EvaluatorSpec(
-    name="kshot-linear", run=run_kshot_linear, defaults=KSHOT_DEFAULTS,
+    name="kshot-linear", run=run_kshot_linear, defaults=KSHOT_DEFAULTS, option_schema=KSHOT_SCHEMA,
+    option_rules=(member_of("primary_k", "ks"), *LINEAR_RULES),
     presets={"quick": {"ks": [1, 5, 10], "seeds": 3, "wd_steps": 8, "max_iter": 100}},
     description="linear probe on k train images per class x seeds (k 1/5/10/25/100), C chosen on val, mean +- sd",
     benchmark_preset="quick", order=40, aliases=("kshot",)))

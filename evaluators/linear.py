@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from benchmark.calibration import calibration_metrics
-from benchmark.metrics import classification_metrics, evaluate_with_ci, subgroup_metrics
+from benchmark.metrics import METRIC_NAMES, classification_metrics, evaluate_with_ci, subgroup_metrics
+from benchmark.options import Bool, Choice, Float, Int, not_above
 from benchmark.predictions import image_predictions
 from evaluators.base import EvalContext, EvalOutput, EvaluatorSpec
 from evaluators.linear_solver import fit_logistic, regularization_path
@@ -33,6 +34,13 @@ LINEAR_DEFAULTS = {
     "tol": 1e-4,  # sklearn's default gradient tolerance
     "n_boot": 1000,
 }
+LINEAR_SCHEMA = {  # type and range of every option (benchmark/options.py), checked before any compute
+    "wd_min_exp": Float(min=-20, max=20), "wd_max_exp": Float(min=-20, max=20), "wd_steps": Int(min=1),  # wd = 10^exp
+    "selection_metric": Choice("auto", *METRIC_NAMES), "refit_on": Choice("train+val", "train"),
+    "standardize": Bool(), "max_iter": Int(min=1),  # tol >= 1e-12: the solver squares it (float64 underflow below)
+    "tol": Float(min=1e-12), "n_boot": Int(min=1),
+}
+LINEAR_RULES = (not_above("wd_min_exp", "wd_max_exp"),)
 
 
 def wd_grid(options: dict) -> np.ndarray:
@@ -98,7 +106,7 @@ def run_linear(context: EvalContext, options: dict) -> EvalOutput:
 
 
 EVALUATORS.add("linear", EvaluatorSpec(
-    name="linear", run=run_linear, defaults=LINEAR_DEFAULTS,
+    name="linear", run=run_linear, defaults=LINEAR_DEFAULTS, option_schema=LINEAR_SCHEMA, option_rules=LINEAR_RULES,
     presets={"quick": {"wd_steps": 23, "max_iter": 300, "n_boot": 500}},
     description="L2 logistic regression on frozen features, C chosen on val (ANTON/ERIC-T parity)",
     benchmark_preset="quick", order=10))

@@ -34,6 +34,7 @@ from torch import nn
 from torchvision.models import resnet18, resnet50
 
 from benchmark.metrics import mean_sd, multilabel_per_label, point_metrics
+from benchmark.options import Choice, Float, Int, ListOf
 from benchmark.records import metric
 from evaluators.base import EvalContext, EvalOutput, EvaluatorSpec
 from evaluators.objectives import output_scores, target_tensor, training_loss
@@ -55,6 +56,17 @@ MEDMNIST_V2_DEFAULTS = {
     "seeds": 3,  # seeds 0..seeds-1
     "eval_batch_size": 512,
 }
+MEDMNIST_V2_SCHEMA = {
+    "init": Choice("random", "encoder"), "size": Int(min=16), "epochs": Int(min=1), "batch_size": Int(min=1),
+    "lr": Float(min=0, min_open=True), "milestones": ListOf(Float(min=0, max=1, min_open=True), min_len=0, increasing=True),
+    "gamma": Float(min=0, min_open=True), "seeds": Int(min=1), "eval_batch_size": Int(min=1),
+}
+
+
+def _paper_sizes_for_random_init(options: dict) -> str | None:
+    if options.get("init") == "random" and options.get("size") not in (28, 224):
+        return f"option 'size' must be 28 or 224 with init='random' (the paper's two models), got {options.get('size')}"
+    return None
 
 
 def small_input_resnet(arch: str, in_channels: int, n_classes: int) -> nn.Module:
@@ -224,7 +236,8 @@ def run_medmnist_v2(context: EvalContext, options: dict) -> EvalOutput:
 
 
 EVALUATORS.add("medmnist-v2", EvaluatorSpec(
-    name="medmnist-v2", run=run_medmnist_v2, defaults=MEDMNIST_V2_DEFAULTS,
+    name="medmnist-v2", run=run_medmnist_v2, defaults=MEDMNIST_V2_DEFAULTS, option_schema=MEDMNIST_V2_SCHEMA,
+    option_rules=(_paper_sizes_for_random_init,),
     presets={"quick": {"epochs": 3, "seeds": 1}},
     description="MedMNIST v2 paper protocol: ResNet-18/50 from scratch (or -o init=encoder), Adam 1e-3, "
                 "100 epochs, best val AUC; test AUC/ACC over seeds",

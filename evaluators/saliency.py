@@ -26,8 +26,9 @@ import torch
 from torch import nn
 
 from benchmark.intervals import mean_metric
+from benchmark.options import Bool, Choice, ExistingPath, Float, Int, ListOf
 from evaluators.base import EvalContext, EvalOutput, EvaluatorSpec
-from evaluators.probe_common import frozen, sample_rows
+from evaluators.probe_common import PROBE_SPLITS, frozen, sample_rows
 from evaluators.registry import EVALUATORS
 from evaluators.saliency_methods import (CLASS_METHODS, attentive_diffusion, box_share, box_to_input, class_saliency,
                                          occlusion_map, windows_per_image)
@@ -47,6 +48,14 @@ SALIENCY_DEFAULTS = {
     "head_wd_steps": 12,  # linear-probe head: wd grid logspace(-6, 5, steps), chosen on val
     "ig_steps": 32,
     "figure_images": 8,
+}
+
+SALIENCY_SCHEMA = {
+    "num_images": Int(min=1, nullable=True), "split": Choice(*PROBE_SPLITS), "window": Int(min=1), "stride": Int(min=1),
+    "baseline": Float(), "margin": Bool(), "perturbations_per_eval": Int(min=1),
+    "class_methods": ListOf(Choice(*CLASS_METHODS), min_len=0, unique=True),
+    "head_checkpoint": ExistingPath("file", nullable=True), "head_wd_steps": Int(min=1), "ig_steps": Int(min=1),
+    "figure_images": Int(min=0),
 }
 
 SALIENCY_PRESETS = {
@@ -206,6 +215,7 @@ def _figures(context: EvalContext, rows: np.ndarray, maps: dict[str, torch.Tenso
 
 EVALUATORS.add("saliency", EvaluatorSpec(
     name="saliency", run=run_saliency, defaults=SALIENCY_DEFAULTS, presets=SALIENCY_PRESETS,
+    option_schema=SALIENCY_SCHEMA,
     description="label-free occlusion saliency on feature distance (captum), attentive diffusion over N images; "
                 "optional Integrated Gradients / Grad-CAM of a linear head (ANTON saliency.py, bugs fixed)",
     benchmark_preset="quick", order=70, kind="probe"))
