@@ -482,6 +482,14 @@ def data_check(name: str, root: Path | None, dataset_option: tuple[str, ...], qu
                 click.echo("official splits: " + ", ".join(f"{k} {v}" for k, v in facts["split_sizes"].items()))
             if facts["subgroups"]:
                 click.echo("subgroups: " + ", ".join(facts["subgroups"]))
+            if facts.get("modes"):
+                depths = facts["bit_depths"]
+                click.echo("modes: " + ", ".join(f"{k} {v}" for k, v in facts["modes"].items())
+                           + "; bit depth " + "/".join(depths)
+                           + (f" ({', '.join(f'{k}-bit {v}' for k, v in depths.items())})" if len(depths) > 1 else ""))
+                if any(int(d) > 8 for d in depths):
+                    click.echo(f"  >8-bit images are scaled to 8-bit RGB by intensity_window={facts['intensity_window']} "
+                               f"(docs/datasets.md; --dataset-option intensity_window=LO,HI for a fixed window)")
         for problem in report.problems:
             click.echo(f"{problem.severity.upper()} [{problem.kind}] {problem.message}")
             for example in problem.examples:

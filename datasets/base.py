@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -24,9 +25,16 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
+from datasets.intensity import DEFAULT_WINDOW, array_to_rgb8, parse_window, to_rgb8, window_label
+
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+MAX_PIXELS_ENV = "MEDTRANSFER_MAX_IMAGE_PIXELS"  # PIL's decompression-bomb limit; 0 = no limit
+# Bumped when decoding changes what load_image returns for the same file (enters content hashes, so
+# cached features of file datasets are re-extracted): 2 = 16-bit/float images scaled, not clipped.
+DECODE_VERSION = 2
+IMAGE_OPTIONS = ("intensity_window",)  # options every dataset accepts (handled by DatasetSpec.build)
 
 
 class DatasetError(ValueError):
@@ -67,6 +75,7 @@ class ImageDataset:
         self.subgroup_columns = tuple(c for c in subgroup_columns if c in table.columns)
         self.root = root
         self.info = dict(info or {})
+        self.intensity_window: str | tuple[float, float] = DEFAULT_WINDOW  # datasets/intensity.py
         self._manifest: str | None = None
         self._content: str | None = None
 
@@ -117,6 +126,15 @@ class ImageDataset:
     def _load(self, index: int) -> Image.Image:
         raise NotImplementedError
 
+    def set_intensity_window(self, window: str | tuple[float, float], rename: bool = True) -> None:
+        """Scale >8-bit images by ``window`` (``minmax``, ``dtype`` or ``(lo, hi)``); a non-default window
+        is part of the dataset's name (records of two windows never mix) and of ``info``."""
+        self.intensity_window = window
+        self.info["intensity_window"] = window_label(window)
+        if rename and window != DEFAULT_WINDOW:
+            self.name = f"{self.name}-window{window_label(window)}"
+        self._manifest = self._content = None
+
     def lesion_box(self, index: int) -> tuple[float, float, float, float] | None:
         """Lesion box (x0, y0, x1, y1) in pixel edges of ``load_image(index)`` (x1, y1 exclusive), or None."""
         return None
@@ -150,6 +168,8 @@ class ImageDataset:
     def _hash(self, strict: bool) -> str:
         digest = hashlib.sha256()
         digest.update(repr((self.name, self.classes)).encode())
+        if strict:  # what decoding returns for the same bytes (feature-cache key only; protocols stay portable)
+            digest.update(f"decode-v{DECODE_VERSION}|{window_label(self.intensity_window)}".encode())
         columns = [c for c in ("image_id", "label", "group", "split") if c in self.table.columns]
         digest.update(self.table[columns].astype(str).to_csv(index=False).encode())
         if self.label_matrix is not None:
@@ -176,7 +196,7 @@ class FileImageDataset(ImageDataset):
         return Path(self._paths[index])
 
     def _load(self, index: int) -> Image.Image:
-        return read_image(self.path(index))
+        return read_image(self.path(index), self.intensity_window)
 
     def _fingerprint_rows(self, strict: bool):
         for path in self._paths:
@@ -192,18 +212,23 @@ class FileImageDataset(ImageDataset):
 
 
 class ArrayImageDataset(ImageDataset):
-    """Images held in a uint8 array [N, H, W] or [N, H, W, 3] (synthetic data, MedMNIST)."""
+    """Images held in an array [N, H, W] or [N, H, W, 3] (synthetic data, MedMNIST): uint8, or uint16 /
+    int / float scaled to 8 bits per image by ``intensity_window`` (datasets/intensity.py)."""
 
     def __init__(self, name: str, table: pd.DataFrame, classes: list[str], images: np.ndarray, **kwargs):
-        if images.dtype != np.uint8 or images.ndim not in (3, 4) or len(images) != len(table):
-            raise DatasetError(f"dataset '{name}': images must be uint8 [N, H, W(, 3)] with one row per image")
+        real = np.issubdtype(images.dtype, np.integer) or np.issubdtype(images.dtype, np.floating)
+        if not real or images.dtype == np.bool_ or images.ndim not in (3, 4) or len(images) != len(table) or (
+                images.ndim == 4 and images.shape[-1] != 3):
+            raise DatasetError(f"dataset '{name}': images must be an integer or float array [N, H, W] or "
+                               f"[N, H, W, 3] with one row per image, got {images.dtype} {list(images.shape)}")
         super().__init__(name, table, classes, **kwargs)
         self.images = images
 
     def _load(self, index: int) -> Image.Image:
-        array = self.images[index]
-        image = Image.fromarray(array if array.ndim == 3 else array, mode=None)
-        return image.convert("RGB")
+        try:
+            return array_to_rgb8(self.images[index], self.intensity_window)
+        except ValueError as error:
+            raise UnreadableImageError(f"dataset '{self.name}': image {index} ({self.ids[index]}): {error}") from None
 
     def _fingerprint_rows(self, strict: bool):
         yield hashlib.sha256(np.ascontiguousarray(self.images).tobytes()).digest()
@@ -227,20 +252,51 @@ def _relative(path: str, root: Path) -> str:
         return Path(path).name
 
 
-def read_image(path: Path) -> Image.Image:
-    """Open an image fully (so truncation is caught here) and convert to RGB."""
+def open_image(path: Path) -> Image.Image:
+    """The image at ``path`` fully decoded (so truncation is caught here), in its stored mode.
+
+    Raises :class:`UnreadableImageError` for a missing, truncated or non-image file and for an image
+    above PIL's decompression-bomb limit (raise it with ``$MEDTRANSFER_MAX_IMAGE_PIXELS``).
+    """
+    _apply_pixel_limit()
     try:
         with open(path, "rb") as handle:
             data = handle.read()
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            return image.convert("RGB")
+        image = Image.open(io.BytesIO(data))
+        image.load()
+        return image
     except FileNotFoundError:
         raise UnreadableImageError(f"image file not found: {path}. Check the dataset root (--root) "
                                    f"and that the download is complete (python cli.py data check).") from None
+    except Image.DecompressionBombError as error:
+        raise UnreadableImageError(
+            f"image {path} is too large to decode safely: {error} If the file is genuine, allow it with "
+            f"{MAX_PIXELS_ENV}=<pixels> (at least the image's pixel count; 0 = no limit), or downscale it.") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise UnreadableImageError(f"cannot read image {path}: {error}. The file is truncated or not an "
                                    f"image; re-download it or remove its row.") from None
+
+
+def read_image(path: Path, window: str | tuple[float, float] = DEFAULT_WINDOW) -> Image.Image:
+    """The image at ``path`` as an 8-bit RGB PIL image; 16-bit and float images are scaled by ``window``
+    (datasets/intensity.py: per-image min..max by default), never clipped."""
+    image = open_image(path)
+    try:
+        return to_rgb8(image, window)
+    except ValueError as error:
+        raise UnreadableImageError(f"cannot use image {path} ({image.mode}): {error}; fix or remove the file") from None
+
+
+def _apply_pixel_limit() -> None:
+    """``$MEDTRANSFER_MAX_IMAGE_PIXELS`` (read at every call, so DataLoader workers see it) -> PIL's limit."""
+    value = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not value:
+        return
+    try:
+        pixels = int(value)
+    except ValueError:
+        raise DatasetError(f"{MAX_PIXELS_ENV} must be an integer number of pixels (0 = no limit), got {value!r}") from None
+    Image.MAX_IMAGE_PIXELS = pixels if pixels > 0 else None
 
 
 @dataclass
@@ -259,12 +315,34 @@ class DatasetSpec:
     default_in_benchmark: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if not getattr(self.build, "handles_image_options", False):
+            self.build = _with_image_options(self.name, self.build)
+
     def present(self, root: Path | None) -> bool:
         if not self.needs_root:
             return True
         if root is None or self.files_present is None:
             return False
         return bool(self.files_present(root))
+
+
+def _with_image_options(name: str, build: Callable[[Path | None, dict], ImageDataset]):
+    """``build`` that also takes the options every dataset has (``intensity_window``), so loaders and
+    plugins never see them."""
+    def build_with_image_options(root: Path | None, options: dict) -> ImageDataset:
+        options = dict(options or {})
+        raw = options.pop("intensity_window", None)
+        try:
+            window = parse_window(raw)
+        except ValueError as error:
+            raise DatasetError(f"dataset '{name}': {error}") from None
+        dataset = build(root, options)
+        if raw is not None:
+            dataset.set_intensity_window(window, rename="name" not in options)
+        return dataset
+    build_with_image_options.handles_image_options = True
+    return build_with_image_options
 
 
 def validate_dataset_spec(obj: object) -> None:

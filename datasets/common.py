@@ -24,6 +24,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
+from benchmark.options import Check, OptionError, validate_options
 from datasets.base import DatasetError, FileImageDataset
 
 log = logging.getLogger(__name__)
@@ -184,12 +185,23 @@ def primary_metric_for(n_classes: int) -> str:
     return "auroc" if n_classes == 2 else "balanced_accuracy"
 
 
-def check_options(dataset: str, options: dict, allowed: Iterable[str]) -> None:
-    """Unknown dataset options are an error (a typo must not silently change nothing)."""
-    allowed = set(allowed) | set(COMMON_OPTIONS) | {"name"}
+def check_options(dataset: str, options: dict, allowed: Iterable[str], common: Iterable[str] = COMMON_OPTIONS) -> None:
+    """Unknown dataset options are an error (a typo must not silently change nothing). ``common``: the
+    shared options (task, low_data) this loader implements; ``name`` and ``intensity_window`` always exist."""
+    allowed = set(allowed) | set(common) | {"name", "intensity_window"}
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise DatasetError(f"dataset '{dataset}' has no option(s) {unknown}; options: {sorted(allowed)}")
+
+
+def declared_options(dataset: str, options: dict, defaults: dict[str, Any], schema: dict[str, Check]) -> dict:
+    """``defaults`` updated by the options they name, each validated and normalised by ``schema``
+    (benchmark/options.py); a bad value is a one-line DatasetError naming the option and the range."""
+    values = {**defaults, **{k: v for k, v in options.items() if k in defaults}}
+    try:
+        return validate_options(f"dataset '{dataset}'", values, schema)
+    except OptionError as error:
+        raise DatasetError(f"{error}. Set it with --dataset-option KEY=VALUE") from None
 
 
 def choose_option(dataset: str, options: dict, key: str, choices: dict[str, str]) -> str:

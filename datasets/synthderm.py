@@ -17,7 +17,9 @@ import pandas as pd
 
 from benchmark.atomic import atomic_write
 from benchmark.features import default_cache_dir
+from benchmark.options import Int
 from datasets.base import ArrayImageDataset, DatasetSpec
+from datasets.common import check_options, declared_options
 from datasets.registry import DATASETS
 from datasets import synthderm_render
 from datasets.synthderm_render import SYNTHDERM_CLASSES, generate_synthderm
@@ -25,6 +27,8 @@ from datasets.synthderm_render import SYNTHDERM_CLASSES, generate_synthderm
 log = logging.getLogger(__name__)
 
 SYNTHDERM_DEFAULTS = {"seed": 0, "n_lesions": 600, "image_size": 128}
+# n_lesions >= 84: every one of the 7 classes gets >= 12 lesions (the renderer's min_lesions_per_class)
+SYNTHDERM_SCHEMA = {"seed": Int(min=0), "n_lesions": Int(min=84), "image_size": Int(min=16)}
 
 
 def _renderer_version() -> str:
@@ -71,7 +75,8 @@ def _plain_array(column: pd.Series) -> np.ndarray:
 
 
 def build_synthderm(root: Path | None, options: dict) -> ArrayImageDataset:
-    settings = {**SYNTHDERM_DEFAULTS, **{k: int(v) for k, v in options.items() if k in SYNTHDERM_DEFAULTS}}
+    check_options("synthderm", options, SYNTHDERM_DEFAULTS, common=())
+    settings = declared_options("synthderm", options, SYNTHDERM_DEFAULTS, SYNTHDERM_SCHEMA)
     images, meta = load_synthderm_arrays(settings["seed"], settings["n_lesions"], settings["image_size"])
     table = pd.DataFrame({"image_id": meta["image_id"].astype(str), "label": meta["label"].astype(int),
                           "group": meta["lesion_id"].astype(str)})
