@@ -17,7 +17,9 @@ from hypothesis import strategies as st
 
 import evaluators.builtin  # noqa: F401
 from benchmark.options import (AnyOf, Bool, Check, Choice, ExistingPath, Float, Int, ListOf, MapOf, OptionError, Text,
-                               _Invalid, validate_options, validate_value)
+                               validate_value)
+from datasets.generic import CSV_SCHEMA
+from datasets.synthderm import SYNTHDERM_SCHEMA
 from evaluators.knn import run_knn
 from evaluators.linear import run_linear
 from evaluators.registry import EVALUATORS
@@ -29,6 +31,9 @@ FAST = settings(max_examples=40, deadline=None, derandomize=True, database=None,
 SPAN = 50  # integers drawn within SPAN of a bound (the exact size of a valid integer is irrelevant here)
 
 EVALUATOR_NAMES = sorted(EVALUATORS.names())
+# every declared schema: the evaluators' and the datasets' (owner as it appears in messages)
+SCHEMAS = {**{name: EVALUATORS.get(name).option_schema for name in EVALUATOR_NAMES},
+           "dataset 'synthderm'": SYNTHDERM_SCHEMA, "dataset 'csv'": CSV_SCHEMA}
 
 
 def valid(check: Check, small: bool = False) -> st.SearchStrategy:
@@ -79,8 +84,8 @@ def invalid(check: Check) -> st.SearchStrategy:
     """Values ``check`` must refuse: out of range, wrong type, non-finite, misspelt, wrong length."""
     def refused(value) -> bool:
         try:
-            check.validate(value)
-        except _Invalid:
+            validate_value("t", "t", value, check)
+        except OptionError:
             return True
         return False
     pool = [_JUNK, st.lists(_JUNK, min_size=1, max_size=3)]
@@ -108,13 +113,13 @@ def _assert_one_line_naming(error: OptionError, owner: str, key: str) -> None:
 
 
 def _draw_option(name: str, data, strategy_for) -> tuple[str, Check, object]:
-    """(option name, its check, a value drawn from ``strategy_for(check)``) for one evaluator."""
-    schema = EVALUATORS.get(name).option_schema
+    """(option name, its check, a value drawn from ``strategy_for(check)``) for one evaluator or dataset."""
+    schema = SCHEMAS[name]
     key = data.draw(st.sampled_from(sorted(schema)), label="option")
     return key, schema[key], data.draw(strategy_for(schema[key]), label="value")
 
 
-@pytest.mark.parametrize("name", EVALUATOR_NAMES)
+@pytest.mark.parametrize("name", sorted(SCHEMAS))
 @FAST
 @given(data=st.data())
 def test_random_valid_values_are_accepted_and_normalised(name, data):
@@ -123,7 +128,7 @@ def test_random_valid_values_are_accepted_and_normalised(name, data):
     assert validate_value(name, key, normalised, check) == normalised  # idempotent: already canonical
 
 
-@pytest.mark.parametrize("name", EVALUATOR_NAMES)
+@pytest.mark.parametrize("name", sorted(SCHEMAS))
 @FAST
 @given(data=st.data())
 def test_random_invalid_values_are_one_line_errors_naming_the_option(name, data):
