@@ -18,7 +18,8 @@ scaled linearly from a window ``[lo, hi]`` to 0..255 and rounded to the nearest 
   which is what a window means.
 
 Non-finite float pixels (NaN, inf) are an error: no rule maps them to a meaningful intensity.
-8-bit images are left as they are unless a window ``(lo, hi)`` is given, which then applies to them too.
+8-bit images (files and uint8 arrays) are never rescaled, whatever the window: they are already in the
+encoders' range, and JPEGs decoded on the GPU (benchmark/image_batches.py, nvJPEG) bypass this module.
 """
 from __future__ import annotations
 
@@ -97,15 +98,12 @@ def to_rgb8(image: Image.Image, window: str | tuple[float, float] = DEFAULT_WIND
     if is_high_depth(image.mode):
         grey = scale_to_uint8(np.asarray(image), window)
         return Image.fromarray(grey, mode="L").convert("RGB")
-    rgb = image.convert("RGB")
-    if isinstance(window, str):
-        return rgb
-    return Image.fromarray(scale_to_uint8(np.asarray(rgb), window), mode="RGB")
+    return image.convert("RGB")
 
 
 def array_to_rgb8(array: np.ndarray, window: str | tuple[float, float] = DEFAULT_WINDOW) -> Image.Image:
     """One image of an array dataset, [H, W] or [H, W, 3] of any real dtype -> 8-bit RGB PIL image."""
-    if array.dtype != np.uint8 or not isinstance(window, str):
+    if array.dtype != np.uint8:
         array = scale_to_uint8(array, window)
     image = Image.fromarray(np.ascontiguousarray(array), mode="L" if array.ndim == 2 else "RGB")
     return image.convert("RGB")

@@ -56,6 +56,8 @@ def test_intensity_window_option_and_dtype_rule(tmp_path):
     assert narrow[XRAY <= 1000].max() == 0 and narrow[XRAY >= 2000].min() == 255
     whole = np.asarray(read_image(tmp_path / "x.png", "dtype"))[..., 0]
     np.testing.assert_array_equal(whole, np.rint(XRAY / 65535 * 255).astype(np.uint8))
+    _rgb(tmp_path / "rgb.png", 100)  # 8-bit images are never rescaled (as the GPU JPEG decoder, which skips this code)
+    assert np.asarray(read_image(tmp_path / "rgb.png", (0, 4095))).max() == 100
     assert parse_window("0,4095") == (0.0, 4095.0) and parse_window([-1000, 400]) == (-1000.0, 400.0)
     for bad in ("5", "3,1", "a,b", [1, float("nan")], "0,1,2"):
         with pytest.raises(ValueError, match="option 'intensity_window' must be minmax, dtype or LO,HI"):
