@@ -136,6 +136,7 @@ def test_benchmark_killed_midway_redoes_no_finished_cell(results_dir, tiny_encod
         assert sorted(p.stem.split("__")[0] for p in (results_dir / "records").rglob("*.json")) == ["tiny-cnn", "tiny-cnn-b"]
         assert (results_dir / "leaderboard.md").is_file()
         assert "tiny-cnn-b" in (results_dir / "leaderboard.md").read_text()
+        assert (results_dir / "report" / "index.html").is_file()  # the main job writes the report too
     finally:
         ENCODERS.remove(second.name)
 
