@@ -87,6 +87,10 @@ def _p(value: float) -> str:
     return "" if not _finite(value) else ("< 0.001" if value < 0.001 else f"{value:.3f}")
 
 
+def _share(value: float) -> str:
+    return f"{value:.3f}" if _finite(value) else ""
+
+
 def _long_rows(records: list[ResultRecord]) -> pd.DataFrame:
     rows = []
     for record in records:
@@ -212,14 +216,14 @@ def _paired_tables(board: Leaderboard, evaluator: str, variant: str, title: str)
             if entry.encoder == analysis.best:
                 rows.append({"column": column, "encoder": entry.encoder, "rank": int(entry.rank),
                              "difference to best [95 % CI]": "best", "p": "", "p (Holm)": "",
-                             "P(best)": _p(entry.p_best), "test": ""})
+                             "P(best)": _share(entry.p_best), "test": ""})
                 continue
             result = entry.vs_best
             rows.append({"column": column, "encoder": entry.encoder, "rank": int(entry.rank) if result else "",
                          "difference to best [95 % CI]": (_fmt(-result.difference, (-result.ci[1], -result.ci[0]), signed=True)
                                                           if result else entry.note),
                          "p": _p(result.p_value) if result else "", "p (Holm)": _p(entry.p_holm) if result else "",
-                         "P(best)": _p(entry.p_best), "test": result.method if result else ""})
+                         "P(best)": _share(entry.p_best), "test": result.method if result else ""})
     return [(f"{title}: paired differences to the best", pd.DataFrame(rows))] if rows else []
 
 
