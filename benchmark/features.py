@@ -133,8 +133,7 @@ def extract_features(encoder: Encoder, dataset: ImageDataset, indices: np.ndarra
     seconds = time.perf_counter() - start
     meta = {"seconds": seconds, "images_per_second": len(indices) / max(seconds, 1e-9), "device": str(device),
             "precision": precision, "decode": decoder, "compiled": bool(compile), "batch_size": int(batch_size),
-            "images_by_source": dict(batches.stats), "decoded_cache": batches.cache_state,
-            "decoded_cache_commit_seconds": batches.commit_seconds, **facts,
+            "images_by_source": dict(batches.stats), "decoded_cache": batches.cache_state, **facts,
             "cache_key": digest, "cache_hit": False, "world_size": distributed.world_size()}
     if not np.isfinite(x).all():
         log.warning("encoder '%s' produced non-finite features on '%s'", encoder.name, dataset.name)

@@ -92,9 +92,9 @@ class ImageBatches:
         cache_dir: where the decoded-image cache lives (None: no cache). It is read when it
             exists; it is written when ``rows`` are all the dataset's rows and this is the only
             process (under torchrun the ranks read a cache but do not write one).
-    After iterating, ``stats`` counts the images per source, ``cache_state`` says what the cache did
-    ("off", "hit", "written", "miss") and ``commit_seconds`` how long making the written cache
-    durable took (fsync + rename).
+    After iterating, ``stats`` counts the images per source and ``cache_state`` says what the cache
+    did ("off", "hit", "written": being written in the background, see
+    :func:`wait_for_decoded_writes`; "miss": a subset, not cached).
     """
 
     def __init__(self, dataset: ImageDataset, rows: np.ndarray, preprocessing: Preprocessing, *,
@@ -106,7 +106,6 @@ class ImageBatches:
         self.size = preprocessing.input_size
         self.stats: Counter = Counter()
         self.cache_state = "off"
-        self.commit_seconds = 0.0
         self._tensor_decode = decode == "nvjpeg" and takes_files_as_images(dataset) and (
             preprocessing.interpolation in ("bicubic", "bilinear"))
         self._pil_processes = self.workers >= 2 and isinstance(dataset, FileImageDataset)
@@ -119,6 +118,8 @@ class ImageBatches:
     def __iter__(self) -> Iterator[tuple[int, torch.Tensor]]:
         key = decoded_key(self.dataset, self.preprocessing, self.decode) if self.cache_dir is not None else None
         path = decoded_path(self.cache_dir, key) if key is not None else None
+        if path is not None:
+            wait_for_decoded_writes(path)  # a file this process is still writing is read once it is complete
         cached = open_decoded(path, key) if path is not None else None
         if cached is not None:
             self.cache_state = "hit"
@@ -129,27 +130,20 @@ class ImageBatches:
             self.cache_state = "off" if path is None else "miss"
             yield from self._run(None, None)
             return
-        with atomic_target(path) as tmp:
-            writer = DecodedWriter(tmp, key)
-            try:
-                yield from self._run(None, writer)
-            finally:
-                writer.close()
-            tick = time.perf_counter()
-        self.commit_seconds = time.perf_counter() - tick
         self.cache_state = "written"
+        yield from self._run(None, _CacheWriter(path, key, self.device))
 
-    def _run(self, cached: np.memmap | None, writer: DecodedWriter | None) -> Iterator[tuple[int, torch.Tensor]]:
+    def _run(self, cached: np.memmap | None, copier: "_CacheWriter | None") -> Iterator[tuple[int, torch.Tensor]]:
         starts = list(range(0, len(self.rows), self.batch_size))
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="images") if self.workers > 0 else None
         side = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
-        copier = _CacheCopier(writer) if writer is not None else None
         pil_batches = None
         if cached is None and not self._tensor_decode and self._pil_processes:
             pil_batches = iter(data_loader(_Crops(self.dataset, self.rows, self.preprocessing),
                                            batch_size=self.batch_size, num_workers=self.workers,
                                            collate_fn=_collate_crops))
-        reads: dict[int, Future] = {}
+        reads: dict[int, list[Future]] = {}
+        complete = False
         try:
             def make(start: int):
                 return self._batch(start, cached, pool, side, copier, pil_batches, reads)
@@ -159,11 +153,10 @@ class ImageBatches:
                     torch.cuda.current_stream(self.device).wait_event(ready)
                     pixels.record_stream(torch.cuda.current_stream(self.device))
                 yield start, pixels
-            if copier is not None:
-                copier.finish()
+            complete = True
         finally:
             if copier is not None:
-                copier.close()
+                copier.end(complete)  # complete: the file is committed in the background; else deleted
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
 
@@ -176,13 +169,16 @@ class ImageBatches:
                 pixels = self._from_cache(cached, rows)
                 self.stats["cache"] += len(rows)
             elif self._tensor_decode:
-                if pool is not None:  # read this batch's files (if not read ahead) and the next batch's
+                if pool is not None:  # this batch's files (unless read ahead) and the next batch's, in chunks
                     for ahead in (start, start + self.batch_size):
                         if ahead < len(self.rows) and ahead not in reads:
-                            reads[ahead] = pool.submit(self._read_batch, ahead)
-                    files = reads.pop(start).result()
+                            rows_ahead = self.rows[ahead:ahead + self.batch_size]
+                            step = -(-len(rows_ahead) // self.workers)
+                            reads[ahead] = [pool.submit(self._read_files, rows_ahead[i:i + step])
+                                            for i in range(0, len(rows_ahead), step)]
+                    files = [item for future in reads.pop(start) for item in future.result()]
                 else:
-                    files = self._read_batch(start)
+                    files = self._read_files(rows)
                 pixels = self._decode_tensors(rows, files, pool)
             elif pil_batches is not None:
                 crops, errors = next(pil_batches)
@@ -226,9 +222,8 @@ class ImageBatches:
     def _pil_one(self, row) -> torch.Tensor | str:
         return _crop_or_error(self.dataset, self.preprocessing, int(row))
 
-    def _read_batch(self, start: int) -> list[tuple[np.ndarray | None, JpegInfo | None]]:
-        """(bytes, frame facts or None) of each file of the batch starting at ``start`` (a reader thread)."""
-        rows = self.rows[start:start + self.batch_size]
+    def _read_files(self, rows: np.ndarray) -> list[tuple[bytearray | None, JpegInfo | None]]:
+        """(bytes, frame facts or None) of each row's file (runs in a reader thread)."""
         out = []
         for row in rows:
             data = _read_file(self.dataset.path(int(row)))
@@ -271,6 +266,48 @@ class ImageBatches:
                     out[targets[0]:targets[0] + len(targets)] = pixels
                 else:
                     out[torch.as_tensor(targets, device=out.device)] = pixels
+
+
+class FullImages:
+    """Whole images (no resize or crop) as uint8 [3, H, W] on ``device``, for augmentation on the device:
+    nvjpeg for the JPEGs it may take (see the module doc), ``load_image`` (PIL) for the rest.
+
+    ``read`` (file bytes + JPEG sniff, any thread) and ``decode`` (the calling thread) are split so
+    that a caller can read the next batch while it works on this one.
+    """
+
+    def __init__(self, dataset: ImageDataset, device: torch.device):
+        self.dataset, self.device = dataset, device
+        self.files = takes_files_as_images(dataset)
+        self.stats: Counter = Counter()
+        self._max_pixels = Image.MAX_IMAGE_PIXELS
+
+    def read(self, rows: list[int]) -> list[tuple[bytearray | None, JpegInfo | None]]:
+        if not self.files:
+            return [(None, None)] * len(rows)
+        out = []
+        for row in rows:
+            data = _read_file(self.dataset.path(int(row)))
+            out.append((data, gpu_decodable(data, self._max_pixels) if data is not None else None))
+        return out
+
+    def decode(self, rows: list[int], files: list) -> list[torch.Tensor]:
+        images: list[torch.Tensor | None] = [None] * len(rows)
+        positions = [p for p, (_, info) in enumerate(files) if info is not None]
+        try:
+            for chunk in _chunks(positions, [files[p][1] for p in positions], MAX_DECODE_PIXELS):
+                decoded = _decode_jpegs([torch.frombuffer(files[p][0], dtype=torch.uint8) for p in chunk], self.device)
+                for position, image in zip(chunk, decoded):
+                    images[position] = image
+        except RuntimeError as error:
+            log.warning("GPU JPEG decoding failed for a batch (%s); decoding its images with PIL", error)
+        self.stats["nvjpeg"] += sum(image is not None for image in images)
+        for position, image in enumerate(images):
+            if image is None:
+                pixels = np.asarray(self.dataset.load_image(int(rows[position])).convert("RGB"), dtype=np.uint8)
+                images[position] = torch.from_numpy(pixels.copy()).permute(2, 0, 1).to(self.device)
+                self.stats["pil"] += 1
+        return images
 
 
 class _Crops(Dataset):
@@ -349,51 +386,109 @@ def _decode_jpegs(data: list[torch.Tensor], device: torch.device) -> list[torch.
     return [decode_jpeg(d, mode=ImageReadMode.RGB) for d in data]
 
 
-class _CacheCopier:
-    """Copies finished batches device -> host -> cache file from a thread of its own (off the critical path)."""
+_PENDING: dict[str, threading.Thread] = {}  # cache files this process is still writing
+_PENDING_LOCK = threading.Lock()
+WRITE_BUDGET_BYTES = 4 << 30  # decoded pixels waiting to be written (on the device): beyond this, decoding waits
 
-    def __init__(self, writer: DecodedWriter):
-        self.writer = writer
-        self.jobs: queue.Queue = queue.Queue(maxsize=4 * PREFETCH_BATCHES)
+
+def wait_for_decoded_writes(path: Path | None = None) -> None:
+    """Wait until this process's decoded-image cache writes (of ``path``, or all) are committed."""
+    with _PENDING_LOCK:
+        threads = [t for p, t in _PENDING.items() if path is None or p == str(path)]
+    for thread in threads:
+        thread.join()
+
+
+class _CacheWriter:
+    """Writes finished batches into a new decoded-image cache file from a thread of its own.
+
+    The thread owns the file from start to commit: it copies each batch device -> host and
+    ``pwrite``s it; after the last batch it closes, fsyncs and renames the file
+    (:func:`benchmark.atomic.atomic_target`) while the caller moves on (the extraction does not
+    wait for the disk). Batches wait on the device, up to ``WRITE_BUDGET_BYTES``; an aborted pass
+    deletes the temporary file. A (non-daemon) pending write finishes before the interpreter exits.
+    """
+
+    def __init__(self, path: Path, key: dict, device: torch.device):
+        self.path, self.key, self.device = path, key, device
+        self.jobs: queue.Queue = queue.Queue()
+        self.budget = threading.Semaphore(max(1, WRITE_BUDGET_BYTES >> 20))  # MiB tokens
         self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._loop, name="decoded-cache-writer", daemon=True)
+        self.thread = threading.Thread(target=self._loop, name="decoded-cache-writer")
+        with _PENDING_LOCK:
+            _PENDING[str(path)] = self.thread
         self.thread.start()
 
     def put(self, start: int, pixels: torch.Tensor) -> None:
-        if self.error is not None:
-            raise self.error
+        """Queue ``pixels`` (ready on the current stream) for rows ``start ..``; blocks while over budget."""
+        tokens = max(1, pixels.numel() >> 20)
+        for _ in range(tokens):
+            while not self.budget.acquire(timeout=0.1):
+                if not self.thread.is_alive():  # the write failed (logged): nothing more to queue
+                    return
+        if not self.thread.is_alive():
+            return
+        ready = None
         if pixels.device.type == "cuda":
-            host = torch.empty(pixels.shape, dtype=torch.uint8, pin_memory=True)
-            host.copy_(pixels, non_blocking=True)
-            done = torch.cuda.Event()
-            done.record()
-        else:
-            host, done = pixels, None
-        self.jobs.put((start, host, done))
+            ready = torch.cuda.Event()
+            ready.record()
+        self.jobs.put((start, pixels, ready, tokens))
+
+    def end(self, complete: bool) -> None:
+        self.jobs.put("commit" if complete else "abort")
 
     def _loop(self) -> None:
-        while True:
-            job = self.jobs.get()
-            if job is None:
-                return
-            start, host, done = job
-            try:
-                if done is not None:
-                    done.synchronize()
-                self.writer.write(start, host.numpy())
-            except BaseException as error:  # reported by put/finish in the producing thread
-                self.error = error
+        stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        try:
+            with atomic_target(self.path) as tmp:
+                writer = DecodedWriter(tmp, self.key)
+                try:
+                    host = None
+                    while True:
+                        job = self.jobs.get()
+                        if job in ("commit", "abort"):
+                            if job == "abort":
+                                raise _Aborted()
+                            break
+                        start, pixels, ready, tokens = job
+                        if ready is not None:
+                            with torch.cuda.stream(stream):
+                                stream.wait_event(ready)
+                                pixels.record_stream(stream)
+                                if host is None or host.shape != pixels.shape:
+                                    host = torch.empty(pixels.shape, dtype=torch.uint8, pin_memory=True)
+                                host.copy_(pixels)  # synchronous on this thread's stream
+                            array = host.numpy()
+                        else:
+                            array = pixels.numpy()
+                        writer.write(start, array)
+                        del pixels
+                        for _ in range(tokens):
+                            self.budget.release()
+                finally:
+                    writer.close()
+        except _Aborted:
+            pass
+        except BaseException as error:  # the cache is an optimisation: a failed write is logged, never fatal
+            self.error = error
+            log.warning("could not write the decoded-image cache %s (%s); it will be decoded again next time",
+                        self.path, error)
+            while True:  # release a producer waiting on the budget
+                try:
+                    job = self.jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(job, tuple):
+                    for _ in range(job[3]):
+                        self.budget.release()
+        finally:
+            with _PENDING_LOCK:
+                if _PENDING.get(str(self.path)) is threading.current_thread():
+                    del _PENDING[str(self.path)]
 
-    def finish(self) -> None:
-        """Wait until every batch is in the file."""
-        self.close()
-        if self.error is not None:
-            raise self.error
 
-    def close(self) -> None:
-        if self.thread.is_alive():
-            self.jobs.put(None)
-            self.thread.join()
+class _Aborted(Exception):
+    """The pass stopped early: the temporary cache file is deleted."""
 
 
 def _prefetch(make: Callable, starts: list[int], depth: int) -> Iterator:

@@ -38,6 +38,13 @@ def worker_context() -> BaseContext:
     return _context
 
 
+def start_worker_server() -> None:
+    """Start the fork server now, in the background (it imports ``PRELOAD`` while the caller works on)."""
+    from multiprocessing import forkserver
+    worker_context()
+    forkserver.ensure_running()
+
+
 def data_loader(dataset: Dataset, *, num_workers: int = 0, **kwargs: Any) -> DataLoader:
     """``DataLoader(dataset, ...)`` whose workers (if any) start from :func:`worker_context`."""
     if num_workers > 0:

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmark import distributed  # noqa: E402
 from benchmark.device import autocast_dtype  # noqa: E402
 from datasets.base import ArrayImageDataset, FileImageDataset  # noqa: E402
-from evaluators.augment import AugmentedImages, train_augmentation  # noqa: E402
+from evaluators.augment import AugmentedImages, DeviceAugmentedImages, train_augmentation  # noqa: E402
 from evaluators.finetune import FINETUNE_DEFAULTS, EvalBatches, FineTuneModel, make_validator  # noqa: E402
 from evaluators.training import TrainConfig, Trainer  # noqa: E402
 from pretrained.encoder import LoadOptions  # noqa: E402
@@ -95,7 +95,7 @@ def compute_throughput(model, device, batch: int, size: int, classes: int, steps
 
 
 def trainer_throughput(arch: str, device, batch: int, size: int, steps: int, workers: int, amp: bool,
-                       jpeg_dir: Path | None = None) -> tuple[float, float]:
+                       jpeg_dir: Path | None = None, augment_on: str = "pil") -> tuple[float, float]:
     """(images/s of the Trainer's training time, wall seconds) on augmented in-memory images, or on the
     JPEG files of ``jpeg_dir`` (decoded by PIL in the workers, as a real dataset is)."""
     if jpeg_dir is not None:
@@ -117,7 +117,10 @@ def trainer_throughput(arch: str, device, batch: int, size: int, steps: int, wor
     encoder = random_encoder(arch, arch, LoadOptions())
     options = dict(FINETUNE_DEFAULTS)  # the transfer preset: RRC(224, bicubic) + HFlip
     augment = train_augmentation(options, size, encoder.preprocessing)
-    train = AugmentedImages(dataset, np.arange(n), augment, encoder.preprocessing, size)
+    if augment_on == "device":  # nvjpeg + the same seeded transforms on GPU tensors (what finetune does on CUDA)
+        train = DeviceAugmentedImages(dataset, np.arange(n), augment, encoder.preprocessing, size, device, workers)
+    else:
+        train = AugmentedImages(dataset, np.arange(n), augment, encoder.preprocessing, size)
     val_rows = np.arange(min(64, n))
     validate = make_validator(EvalBatches(dataset, val_rows, encoder.preprocessing.with_input_size(size), 64, 0, cache=True),
                               labels[val_rows], 2, device, amp)
@@ -149,6 +152,8 @@ def main() -> None:
     parser.add_argument("--no-amp", action="store_true", help="fp32 instead of bf16 autocast")
     parser.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN pick algorithms by timing")
     parser.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak if the GPU is not in the table")
+    parser.add_argument("--augment", choices=["pil", "device", "both"], default="pil",
+                        help="train augmentation: PIL in workers, or on the device (needs --jpeg-dir on CUDA)")
     parser.add_argument("--jpeg-dir", type=Path, default=None,
                         help="measure the Trainer on these JPEG files (PIL-decoded in the workers) instead of in-memory images")
     args = parser.parse_args()
@@ -179,12 +184,15 @@ def main() -> None:
             print(f"theoretical limit: n/a ({source})")
     if args.trainer_steps > 0:
         del model
-        trainer_ips, wall = trainer_throughput(args.arch, device, args.batch_size, args.image_size, args.trainer_steps,
-                                               args.workers, amp, args.jpeg_dir)
         source = f"JPEG files in {args.jpeg_dir}" if args.jpeg_dir else "in-memory 256 px images"
-        if report:
-            print(f"trainer on {source} (RRC + flip in {args.workers} workers, {args.trainer_steps} steps): {trainer_ips:,.0f} images/s "
-                  f"of training time ({wall:.1f} s wall incl. start-up, 1 validation, checkpoint)")
+        for augment_on in (["pil", "device"] if args.augment == "both" else [args.augment]):
+            trainer_ips, wall = trainer_throughput(args.arch, device, args.batch_size, args.image_size,
+                                                   args.trainer_steps, args.workers, amp, args.jpeg_dir, augment_on)
+            where = f"in {args.workers} workers (PIL)" if augment_on == "pil" else "on the device (nvjpeg + tensors)"
+            if report:
+                print(f"trainer on {source} (RRC + flip {where}, {args.trainer_steps} steps): {trainer_ips:,.0f} "
+                      f"images/s of training time ({wall:.1f} s wall incl. start-up, 1 validation, checkpoint)",
+                      flush=True)
 
 
 if __name__ == "__main__":

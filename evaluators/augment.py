@@ -5,11 +5,16 @@ Augmentations act on PIL images (random resized crop, flips, rotation, hue), the
 and ``normalize``), so every encoder gets the statistics it was trained with. Randomness comes from
 a per-image seed (see :mod:`evaluators.sampling`), never from worker or process state. Validation
 and test inputs (no augmentation) come from :class:`evaluators.finetune.EvalBatches` instead.
+
+On CUDA, :class:`DeviceAugmentedImages` runs the very same transform objects with the same seeds
+on images decoded on the GPU (torchvision's transforms take tensors): the same crop boxes, flips,
+angles and hue shifts, resampled by torchvision's tensor kernels instead of PIL's (docs/speed.md).
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -18,6 +23,7 @@ from torch.utils.data import Dataset
 from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 
+from benchmark.image_batches import FullImages
 from datasets.base import ImageDataset
 from pretrained.preprocessing import Preprocessing
 
@@ -93,3 +99,48 @@ class AugmentedImages(Dataset):
         target = self.labels[index]
         return self.to_input(image), (torch.as_tensor(target, dtype=torch.float32) if target.ndim else int(target))
 
+
+class DeviceAugmentedImages:
+    """:class:`AugmentedImages` on the training device: ``batches(sampler)`` -> (input [B, 3, S, S], targets).
+
+    Files are read one batch ahead in ``workers`` threads, decoded by nvjpeg (PIL for files it does
+    not take), and augmented in the calling thread (the only one that touches torch's global RNG,
+    which ``seeded`` reseeds per image).
+    """
+
+    def __init__(self, dataset: ImageDataset, rows: np.ndarray, augment: Callable, preprocessing: Preprocessing,
+                 size: int, device: torch.device, workers: int):
+        self.dataset, self.rows, self.augment = dataset, np.asarray(rows), augment
+        self.to_input = network_input(preprocessing, size)
+        self.labels = dataset.targets
+        self.images = FullImages(dataset, device)
+        self.workers = max(1, int(workers))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def batches(self, sampler: Iterable[list[tuple[int, int]]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="train-images")
+
+        def read(items):
+            rows = [int(self.rows[row]) for row, _ in items]
+            step = -(-len(rows) // self.workers)
+            return rows, [pool.submit(self.images.read, rows[i:i + step]) for i in range(0, len(rows), step)]
+        try:
+            stream = iter(sampler)
+            items = next(stream, None)
+            pending = read(items) if items is not None else None
+            while items is not None:
+                rows, futures = pending
+                files = [item for future in futures for item in future.result()]
+                following = next(stream, None)
+                pending = read(following) if following is not None else None
+                images = self.images.decode(rows, files)
+                crops = torch.stack([seeded(self.augment, image, seed) for image, (_, seed) in zip(images, items)])
+                targets = [self.labels[row] for row in rows]
+                target = (torch.as_tensor(np.stack(targets), dtype=torch.float32) if np.ndim(targets[0])
+                          else torch.as_tensor(np.asarray(targets, dtype=np.int64)))
+                yield self.to_input.input_from_uint8(crops), target
+                items = following
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)

@@ -47,14 +47,14 @@ from benchmark import distributed
 from benchmark.atomic import atomic_torch_save
 from benchmark.calibration import calibration_metrics
 from benchmark.device import autocast_dtype, default_workers
-from benchmark.image_batches import ImageBatches, resolve_decode
+from benchmark.image_batches import ImageBatches, resolve_decode, takes_files_as_images
 from benchmark.metrics import METRIC_NAMES, MULTILABEL_METRIC_NAMES, evaluate_scores, point_metrics, subgroup_metrics
 from benchmark.options import AnyOf, Bool, Choice, Float, Int, ListOf, exactly_one
 from benchmark.predictions import image_predictions
 from benchmark.records import write_json_atomic
-from benchmark.workers import data_loader
+from benchmark.workers import data_loader, start_worker_server
 from datasets.base import ImageDataset
-from evaluators.augment import AugmentedImages, train_augmentation
+from evaluators.augment import AugmentedImages, DeviceAugmentedImages, train_augmentation
 from evaluators.base import EvalContext, EvalOutput, EvaluatorSpec
 from evaluators.objectives import output_scores, target_tensor, training_loss
 from evaluators.registry import EVALUATORS
@@ -298,8 +298,15 @@ def run_finetune(context: EvalContext, options: dict) -> EvalOutput:
     augment = train_augmentation(options, size, encoder.preprocessing)
     workers = default_workers() if context.extraction.num_workers is None else context.extraction.num_workers
     amp = bool(options["amp"]) and device.type == "cuda"
-    train_images = AugmentedImages(dataset, train_rows, augment, encoder.preprocessing, size)
-    decode = resolve_decode(context.extraction.decode, device)  # validation and test inputs
+    decode = resolve_decode(context.extraction.decode, device)  # validation and test inputs, and train decoding
+    # JPEG files on CUDA: the same seeded augmentation on GPU-decoded tensors; else PIL in worker processes
+    train_augment = "device" if decode == "nvjpeg" and takes_files_as_images(dataset) else "pil"
+    if train_augment == "device":
+        train_images = DeviceAugmentedImages(dataset, train_rows, augment, encoder.preprocessing, size, device, workers)
+    else:
+        train_images = AugmentedImages(dataset, train_rows, augment, encoder.preprocessing, size)
+        if workers > 0:
+            start_worker_server()  # its imports overlap with the validation decode below
     eval_images = {"device": device, "decode": decode, "cache_dir": context.extraction.cache_dir}
     val_batches = EvalBatches(dataset, val_rows, eval_preprocessing, int(options["eval_batch_size"]), workers, cache=True,
                               **eval_images)
@@ -309,7 +316,7 @@ def run_finetune(context: EvalContext, options: dict) -> EvalOutput:
         "encoder": encoder.name, "weights_sha256": encoder.provenance.get("weights_sha256"),
         "dataset": dataset.manifest_hash(), "splits": context.splits.sha256, "seed": context.seed,
         "train_size": size, "eval_preprocessing": eval_preprocessing.to_dict(), "monitor": monitor,
-        "code_version": FINETUNE_CODE_VERSION, "eval_decode": decode,
+        "code_version": FINETUNE_CODE_VERSION, "eval_decode": decode, "train_augment": train_augment,
     }
     artifacts = context.artifacts_dir
     runs: list[dict] = []
@@ -404,6 +411,7 @@ def run_finetune(context: EvalContext, options: dict) -> EvalOutput:
                          "best_score": r["best_score"] if math.isfinite(r["best_score"]) else None} for r in runs],
                "history": chosen["history"], "world_size": distributed.world_size(), "amp_bf16": amp,
                "train_size": size, "eval_preprocessing": eval_preprocessing.to_dict(), "eval_decode": decode,
+               "train_augment": train_augment,
                "checkpoint": str(artifacts / "best.pt") if options["save_best"] else None,
                "predictions": str(artifacts / "test_predictions.npz")},
         cost={"images_per_second": images_trained / train_seconds if train_seconds > 0 and images_trained else float("nan"),

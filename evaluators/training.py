@@ -186,8 +186,11 @@ class Trainer:
         sampler = StreamBatchSampler(self.train_labels, config.batch_size, config.seed, config.balanced,
                                      start_step=state.step, end_step=config.steps,
                                      rank=distributed.rank(), world_size=world)
-        loader = data_loader(self.train_images, batch_sampler=sampler, num_workers=config.num_workers,
-                            pin_memory=device.type == "cuda", persistent_workers=False)
+        if hasattr(self.train_images, "batches"):  # batches made on the device (augment.DeviceAugmentedImages)
+            loader = self.train_images.batches(sampler)
+        else:
+            loader = data_loader(self.train_images, batch_sampler=sampler, num_workers=config.num_workers,
+                                 pin_memory=device.type == "cuda", persistent_workers=False)
         amp = autocast_dtype(device) if config.amp else None
         checkpoint_every = config.checkpoint_every or config.eval_every
         self._loss_sum = torch.full((), state.loss_sum, dtype=torch.float64, device=device)

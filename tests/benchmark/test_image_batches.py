@@ -11,7 +11,7 @@ from PIL import Image
 
 from benchmark.decoded_cache import HEADER_BYTES, decoded_key, decoded_path
 from benchmark.features import extract_features
-from benchmark.image_batches import ImageBatches, resolve_decode, takes_files_as_images
+from benchmark.image_batches import ImageBatches, resolve_decode, takes_files_as_images, wait_for_decoded_writes
 from benchmark.jpeg import gpu_decodable
 from benchmark.testing import tiny_encoder_spec
 from benchmark.workers import START_METHOD, data_loader
@@ -101,7 +101,9 @@ def test_decoded_cache_is_written_once_read_back_and_rebuilt_when_damaged(tmp_pa
     def run(rows=np.arange(5)):
         batches = ImageBatches(dataset, rows, PRE, device=torch.device("cpu"), batch_size=2, workers=1,
                                cache_dir=cache)
-        return collect(batches), batches
+        pixels = collect(batches)
+        wait_for_decoded_writes()  # the file is committed in the background
+        return pixels, batches
     first, batches = run()
     assert batches.cache_state == "written"
     path = decoded_path(cache, decoded_key(dataset, PRE, "pil"))
@@ -120,6 +122,17 @@ def test_decoded_cache_is_written_once_read_back_and_rebuilt_when_damaged(tmp_pa
     other = Preprocessing(input_size=24, resize_size=28, interpolation="bilinear")
     assert decoded_path(cache, decoded_key(dataset, other, "pil")) != path  # geometry is in the key
     assert decoded_path(cache, decoded_key(dataset, PRE, "nvjpeg")) != path  # and the decoder
+
+
+def test_a_pass_stopped_early_leaves_no_cache_file(tmp_path):
+    dataset = file_dataset(tmp_path, {f"i{k}.jpg": jpeg_bytes(lesion_like(k)) for k in range(6)})
+    batches = ImageBatches(dataset, np.arange(6), PRE, device=torch.device("cpu"), batch_size=2, workers=1,
+                           cache_dir=tmp_path / "cache")
+    stream = iter(batches)
+    next(stream)
+    stream.close()  # e.g. the encoder failed on the first batch
+    wait_for_decoded_writes()
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
 
 
 def test_a_subset_without_a_cache_is_decoded_but_not_cached(tmp_path):
