@@ -17,7 +17,8 @@ measures them too. One run, one machine, every row measured in this process:
 * ``ours``: :func:`benchmark.features.extract_features` end to end from the files: ``cold`` (nvjpeg
   decode; with no cache folder, and with the decoded-image cache written), ``warm`` (a second
   extraction with the same geometry reads uint8 from the decoded-image cache), ``warm + compile``,
-  and ``PIL`` (``--decode pil``, the CPU path and the fallback for files nvjpeg does not take);
+  ``cold + compile``, and ``PIL`` (``--decode pil``, the CPU path and the fallback for files nvjpeg
+  does not take; the fork server for its workers is started first, so its one-time start is not counted);
 * ``seed-style``: ANTON's linear.py pipeline: a PIL DataLoader (Resize(224, bicubic), CenterCrop,
   ToTensor, Normalize) with the same workers, batch 64, fp32 forward, on ``--seed-images`` images.
 
@@ -50,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmark.device import autocast_dtype  # noqa: E402
 from benchmark.features import compiled_encoder, extract_features  # noqa: E402
 from benchmark.image_batches import nvjpeg_available, wait_for_decoded_writes  # noqa: E402
+from benchmark.workers import start_worker_server  # noqa: E402
 from datasets.base import FileImageDataset, ImageDataset  # noqa: E402
 from pretrained.encoder import Encoder, LoadOptions  # noqa: E402
 from pretrained.torchvision_zoo import random_encoder  # noqa: E402
@@ -290,6 +292,7 @@ def main() -> None:
         encoder.to(memory_format=torch.channels_last)
     size = encoder.preprocessing.input_size
     table, checks = Table(), []
+    start_worker_server()  # the PIL rows measure decoding, not the fork server's one-time start (~10 s there)
     limit = forward_rate(encoder, device, args.batch_size, size, args.forward_batches)
     table.add("-", f"forward only, {'bf16 + channels_last' if device.type == 'cuda' else 'fp32'}", limit)
     table.add("-", "forward only, batch 64", forward_rate(encoder, device, 64, size, args.forward_batches))
@@ -320,6 +323,10 @@ def main() -> None:
                 warm = ours(encoder, dataset, device, caches[label], batch=args.batch_size, workers=args.workers,
                             decode="auto", compile=True)
                 table.add(label, "ours warm + compile", warm["images_per_second"], _sources(warm))
+                cold = extract_features(encoder, dataset, device=device, batch_size=args.batch_size,
+                                        num_workers=args.workers, cache_dir=None, compile=True)
+                table.add(label, f"ours cold + compile ({cold.meta['decode']}, no cache dir)",
+                          cold.meta["images_per_second"], _sources(cold.meta))
     finally:
         for cache in caches.values():
             shutil.rmtree(cache, ignore_errors=True)

@@ -70,7 +70,7 @@ def seeded(augment: Callable[[Image.Image], Image.Image], image: Image.Image, se
     """``augment(image)`` with torch's RNG seeded by ``seed`` (the global RNG state is restored)."""
     generator = torch.random.default_generator  # torchvision's random transforms draw from it
     saved = generator.get_state()
-    generator.manual_seed(seed)
+    generator.manual_seed(int(seed))
     try:
         return augment(image)
     finally:
