@@ -1,10 +1,11 @@
 """JPEG header sniffing: which files the GPU decoder may take, decided from their bytes.
 
 nvjpeg decodes plain 8-bit YCbCr or greyscale JPEGs exactly enough (features within the stated
-tolerance of PIL's), but is not the reference: a file it might read differently from PIL
-(CMYK/YCCK or RGB-coded JPEGs (Adobe transform flag 0, or components named R, G, B), 12-bit, arithmetic or lossless coding, unusual chroma sampling) or
-that PIL would reject (a truncated file: nvjpeg fills the missing part with grey; a decompression
-bomb) is left to the PIL path, which decodes it the reference way or raises the reference error.
+tolerance of PIL's), but is not the reference: a file it might read differently from PIL (CMYK/YCCK
+or RGB-coded JPEGs: Adobe transform flag 0, or components named R, G, B; 12-bit; arithmetic or
+lossless coding; unusual chroma sampling) or that PIL would reject (a truncated file, which a GPU
+decoder need not report; a decompression bomb) is left to the PIL path, which decodes it the
+reference way or raises the reference error.
 Parsing stops at the frame header, so it costs microseconds per file.
 """
 from __future__ import annotations
