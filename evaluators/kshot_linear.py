@@ -3,7 +3,8 @@
 The low-data regime of the seed studies. For each k in ``ks`` and each of ``seeds`` support draws,
 k labelled images per class are drawn from the *train split only*; C is chosen on the full
 validation split (validation images never enter the support) with the linear probe's own
-``fit_and_score``, the model is refitted on the support alone with that C, and scored once on test.
+``select_C`` (the converged protocol: every fit solved to ``tol``), and the support fit at that C is
+scored once on test (the support is the training set of the path, so that fit *is* the refit).
 Reported per k as mean +- sd over seeds with the per-seed values (``benchmark.metrics.mean_sd``);
 the plain metric names hold ``primary_k``, the others are ``<metric>@k<k>``.
 
@@ -25,8 +26,7 @@ from benchmark.predictions import fingerprint_of, image_predictions
 from benchmark.records import metric, write_json_atomic
 from evaluators.base import EvalContext, EvalOutput, EvaluatorSpec
 from benchmark.options import Int, ListOf, member_of
-from evaluators.linear import LINEAR_DEFAULTS, LINEAR_RULES, LINEAR_SCHEMA, fit_and_score, standardizer
-from evaluators.linear_solver import fit_logistic
+from evaluators.linear import LINEAR_DEFAULTS, LINEAR_RULES, LINEAR_SCHEMA, select_C, standardizer
 from evaluators.registry import EVALUATORS
 
 log = logging.getLogger(__name__)
@@ -89,9 +89,10 @@ def run_kshot_linear(context: EvalContext, options: dict) -> EvalOutput:
         solver_log.removeFilter(counter)
     fits = output.extra["n_fits"]
     output.extra["non_converged_fits"] = counter.count
+    output.resolved["unconverged_fits"] = counter.count
     if counter.count:
-        log.warning("kshot-linear: %d of %d logistic-regression fits stopped before convergence (max_iter=%s); "
-                    "typical for separable k-shot supports at large C", counter.count, fits, options["max_iter"])
+        log.warning("kshot-linear: %d of %d logistic-regression fits stopped before convergence (max_iter=%s)",
+                    counter.count, fits, options["max_iter"])
     return output
 
 
@@ -110,7 +111,6 @@ def _run(context: EvalContext, options: dict) -> EvalOutput:
                     sorted(int(k) for k in skipped), context.dataset.name, smallest)
     if not feasible:
         raise ValueError(f"kshot-linear: no k in {ks} fits the train split (smallest class: {smallest} images)")
-    dtype = torch.float64  # as the linear probe: float32 L-BFGS is not precise enough at large C
     scores: dict[int, list[dict]] = {k: [] for k in feasible}
     chosen: dict[int, list[float]] = {k: [] for k in feasible}
     supports: dict[str, dict[str, list[int]]] = {str(k): {} for k in feasible}
@@ -122,12 +122,9 @@ def _run(context: EvalContext, options: dict) -> EvalOutput:
             rows = draw_support(permutations, k)
             support_x, support_y = train.x[rows], train.y[rows]
             transform = standardizer(support_x) if options["standardize"] else (lambda a: a)
-            best_c, _ = fit_and_score(transform(support_x), support_y, transform(val.x), val.y, n_classes, options,
+            best_c, _, fit = select_C(transform(support_x), support_y, transform(val.x), val.y, n_classes, options,
                                       selection, context.device)
-            fit = fit_logistic(torch.as_tensor(transform(support_x), dtype=dtype, device=context.device),
-                               torch.as_tensor(support_y, device=context.device), n_classes, best_c,
-                               max_iter=int(options["max_iter"]), tol=float(options["tol"]))
-            proba = fit.predict_proba(torch.as_tensor(transform(test.x), dtype=dtype, device=context.device))
+            proba = fit.predict_proba(torch.as_tensor(transform(test.x), dtype=fit.weight.dtype, device=context.device))
             scores[k].append(classification_metrics(test.y, proba, n_classes))
             probabilities[k].append(proba)
             support_ids[k].append(train.ids[rows])
@@ -151,9 +148,9 @@ def _run(context: EvalContext, options: dict) -> EvalOutput:
         metrics=metrics, primary_metric=primary,
         resolved={"primary_k": primary_k, "ks": feasible, "skipped_ks": skipped, "seeds": int(options["seeds"]),
                   "selection_metric": selection, "support_pool": "train", "c_selection_on": "val",
-                  "refit_on": "support"},
+                  "refit_on": "support", "tie_rule": "smallest C"},
         extra={"C_per_k": {str(k): chosen[k] for k in feasible},
-               "n_fits": int(options["seeds"]) * len(feasible) * (int(options["wd_steps"]) + 1),
+               "n_fits": int(options["seeds"]) * len(feasible) * int(options["wd_steps"]),
                "support_file": str(context.artifacts_dir / "supports.json")},
         cost=context.feature_cost(),
         predictions=image_predictions(test.ids, test.y, np.stack(probabilities[primary_k]),
@@ -164,6 +161,6 @@ def _run(context: EvalContext, options: dict) -> EvalOutput:
 EVALUATORS.add("kshot-linear", EvaluatorSpec(
     name="kshot-linear", run=run_kshot_linear, defaults=KSHOT_DEFAULTS, option_schema=KSHOT_SCHEMA,
     option_rules=(member_of("primary_k", "ks"), *LINEAR_RULES),
-    presets={"quick": {"ks": [1, 5, 10], "seeds": 3, "wd_steps": 8, "max_iter": 100}},
+    presets={"quick": {"ks": [1, 5, 10], "seeds": 3, "wd_steps": 8}},
     description="linear probe on k train images per class x seeds (k 1/5/10/25/100), C chosen on val, mean +- sd",
     benchmark_preset="quick", order=40, aliases=("kshot",)))

@@ -1,41 +1,59 @@
-"""Multinomial L2-regularised logistic regression solved with full-batch L-BFGS in torch.
+"""Multinomial L2-regularised logistic regression: preconditioned L-BFGS in an exact whitened basis.
 
-Objective (identical to ``sklearn.linear_model.LogisticRegression(penalty="l2",
-solver="lbfgs", C=C)`` for >= 3 classes, with an unpenalised intercept)::
+Objective (identical to ``sklearn.linear_model.LogisticRegression(penalty="l2", C=C)`` for >= 3
+classes, with an unpenalised intercept)::
 
     C * sum_i CE(W x_i + b, y_i) + 0.5 * ||W||_F^2
 
-For numerical scale we minimise the equivalent (same minimiser, divided by ``C * N``)::
+We minimise the equivalent (same minimiser, divided by ``C * N``)::
 
-    mean_i CE(W x_i + b, y_i) + ||W||_F^2 / (2 * C * N)
+    f(W, b) = mean_i CE(W x_i + b, y_i) + ||W||_F^2 / (2 * C * N)
 
-which is exactly the function sklearn hands to scipy's L-BFGS-B, so the gradient tolerance
-``tol`` has the same meaning as sklearn's ``tol`` (max-abs of the projected gradient, which for
-this unconstrained problem is the max-abs of the gradient).
+which is the function today's sklearn hands to scipy's L-BFGS-B, so the tolerance ``tol`` has
+sklearn's meaning: a fit has converged when ``max |grad f(W, b)| <= tol``. That test is always made
+in these original coordinates (and finally on the original features themselves).
 
-Binary case (``n_classes == 2``). We always use the softmax formulation with one weight row per
-class. sklearn instead fits a single-logit binomial model ``sigmoid(w.x + c)`` with penalty
-``0.5 ||w||^2``. The softmax-2 likelihood only depends on the differences ``v = w_1 - w_0`` and
-``c = b_1 - b_0``. For a fixed ``v`` the penalty ``0.5 (||w_0||^2 + ||w_1||^2)`` subject to
-``w_1 - w_0 = v`` is minimised at ``w_1 = -w_0 = v / 2`` where it equals ``||v||^2 / 4``. Hence
-the softmax-2 objective at ``C`` is::
+How it is solved (docs/evaluators.md, "Linear probe: solver", has the measurements behind it).
+Raw pooled features are strongly correlated (condition numbers of 1e7-1e9 are usual), which is
+what makes plain L-BFGS on them need thousands of iterations. An exact change of variables removes
+that without changing the minimiser:
+
+1. centring, ``x_c = x - mean``, with the intercept re-parametrised as ``c = b + W mean`` (the
+   penalty stays on ``W``, the intercept stays unpenalised: the same function of (W, b));
+2. an orthonormal eigenbasis ``V`` [D, r] of the centred Gram matrix, so ``W = U V^T``. The
+   optimum lies in this span (the gradient of the data term does), rotations keep ``||W||``, and
+   directions with (numerically) zero variance are dropped: ``r <= min(D, N - 1)``. For N < D
+   (k-shot supports) the basis comes from the N x N kernel matrix instead;
+3. whitening, ``z = x_c V / sqrt(lambda)`` and ``u = U * sqrt(lambda)``, so the data Gram is the
+   identity and the penalty becomes diagonal: ``sum_j ||u_j||^2 / (2 C N lambda_j)``.
+
+In these coordinates Boehning's bound (softmax curvature <= 1/2) makes ``diag(1/2 + 1/(C N
+lambda_j))`` an upper bound of the Hessian, and its inverse is the L-BFGS preconditioner (the
+first step is a guaranteed-descent majorise-minimise step). L-BFGS uses the compact
+representation (a handful of small matrix products per iteration instead of a two-loop
+recursion, which matters on GPUs) and an Armijo backtracking line search (the objective is
+strictly convex, so every curvature pair is valid). Along a C path the fits are warm-started and
+the L-BFGS memory restarts at each C (keeping it, corrected exactly for the new penalty, was
+measured to be much slower: the old pairs describe the previous optimum, not the new path).
+
+Binary case (``n_classes == 2``). We use the softmax formulation with one weight row per class.
+sklearn instead fits a single-logit binomial model ``sigmoid(w.x + c)`` with penalty
+``0.5 ||w||^2``. The softmax-2 likelihood only depends on ``v = w_1 - w_0`` and ``c = b_1 - b_0``;
+for a fixed ``v`` the penalty ``0.5 (||w_0||^2 + ||w_1||^2)`` is smallest at ``w_1 = -w_0 = v/2``
+where it equals ``||v||^2 / 4``. Hence the softmax-2 objective at ``C`` is::
 
     C * sum_i l(v, c; x_i, y_i) + ||v||^2 / 4  =  1/2 * [ (2C) * sum_i l(...) + 0.5 ||v||^2 ]
 
-i.e. sklearn's binomial objective with ``C_sklearn = 2 * C``: ``fit_logistic(..., C=C)`` with two
-classes gives the same probabilities as sklearn with ``C=2*C`` (and ``coef_ = W[1] - W[0]``,
-``intercept_ = b[1] - b[0]``). See :func:`sklearn_equivalent_C`.
+i.e. sklearn's binomial objective with ``C_sklearn = 2 * C`` (see :func:`sklearn_equivalent_C`).
 
 Classes absent from the training labels: the unpenalised intercept of such a class has no finite
-optimum (it goes to ``-inf``). We therefore fit the model on the present classes only (this is the
-exact limit of the objective) and give absent classes a zero weight row and a ``-inf`` bias, so
-they receive probability exactly 0.
+optimum (it goes to ``-inf``). We fit the present classes only (the exact limit of the objective)
+and give absent classes a zero weight row and a ``-inf`` bias, so their probability is exactly 0.
 
-Caveat (shared with sklearn): with weak regularisation (large C) on (nearly) separable data,
-e.g. D >= N / 4, the objective is extremely flat and the ``tol``-stopped solution depends on the
-starting point: for N=2000, D=512, 7 classes and C >= 1e3 we saw probabilities differ by up to
-0.5 between warm- and cold-started fits (and sklearn), all "converged". Results selected at such
-C values reflect the optimisation path, not only C.
+Caveat (shared with sklearn): with weak regularisation (large C) on (nearly) separable data the
+objective is extremely flat; ``max |grad| <= tol`` then holds on a large set of weights, so the
+returned fit depends on the starting point (along a warm-started path, fits at C >= ~1e3 often
+stop where the previous C stopped). Pass a smaller ``tol`` to pin the minimiser down further.
 """
 
 from __future__ import annotations
@@ -50,7 +68,11 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LogisticFit", "fit_logistic", "regularization_path", "sklearn_equivalent_C"]
+__all__ = ["LogisticFit", "LogisticProblem", "fit_logistic", "regularization_path", "sklearn_equivalent_C"]
+
+MEMORY = 10  # L-BFGS curvature pairs (measured: 10 and 20 need about the same iterations here)
+ARMIJO = 1e-4  # sufficient-decrease constant of the line search
+MAX_BACKTRACKS = 40
 
 
 def sklearn_equivalent_C(C: float, n_classes: int) -> float:
@@ -66,10 +88,10 @@ def sklearn_equivalent_C(C: float, n_classes: int) -> float:
 class LogisticFit:
     """A fitted multinomial logistic regression.
 
-    weight: [C, D]; bias: [C] (``-inf`` for classes absent from the training labels).
+    weight: [n_classes, D]; bias: [n_classes] (``-inf`` for classes absent from the training labels).
     ``C`` is the inverse regularisation strength, ``n_iter`` the number of L-BFGS iterations,
-    ``grad_norm`` the max-abs gradient of the (sklearn-scaled) objective at the solution,
-    ``loss`` the value of that objective.
+    ``grad_norm`` the max-abs gradient of ``f`` (module docstring) at the solution, measured on the
+    original features, ``loss`` the value of ``f``, ``reason`` why the solver stopped.
     """
 
     weight: torch.Tensor
@@ -79,28 +101,41 @@ class LogisticFit:
     converged: bool
     grad_norm: float
     loss: float = field(default=float("nan"))
+    reason: str = ""
+    state: "_SolverState | None" = field(default=None, repr=False, compare=False)  # warm start in the same problem
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """x: [N, D] -> logits [N, C] on the weight's device/dtype."""
+        """x: [N, D] -> logits [N, n_classes] on the weight's device/dtype."""
         x = torch.as_tensor(x).to(device=self.weight.device, dtype=self.weight.dtype)
         return x @ self.weight.T + self.bias
 
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor | np.ndarray) -> np.ndarray:
-        """x: [N, D] -> class probabilities [N, C] as float64 numpy (rows sum to 1)."""
+        """x: [N, D] -> class probabilities [N, n_classes] as float64 numpy (rows sum to 1)."""
         proba = torch.softmax(self.logits(x).double(), dim=1)
         return proba.cpu().numpy()
 
 
-def _solver_dtype(device: torch.device) -> torch.dtype:
-    """Default solver precision: float64 on every device.
+@dataclass
+class _SolverState:
+    """Whitened parameters and the L-BFGS memory of one problem (``theta``: [k * r + k])."""
 
-    Measured on an H100 (N=2000, D=512, 7 classes, 45 Cs, warm start): float64 on CUDA took
-    1.2 s vs 1.8 s for float32 (the problem is latency-bound, and Hopper's FP64 rate equals its
-    FP32 rate), and matched the CPU float64 probabilities to 6e-10, whereas float32 differed by
-    up to 5e-2 at C >= 1e2. float32 matmuls may also silently run in TF32 when
-    ``torch.backends.cuda.matmul.allow_tf32`` is set. Pass ``dtype=torch.float32`` to opt in.
+    problem_id: int
+    theta: torch.Tensor
+    s: list[torch.Tensor]
+    y: list[torch.Tensor]
+    rho: torch.Tensor  # the penalty weights the stored y were computed with: [r]
+
+
+def _solver_dtype(device: torch.device) -> torch.dtype:
+    """Default solver precision: float64 on every device (CPU and CUDA).
+
+    The whitening and the large-C fits need it: float32 probabilities differed from float64 by up
+    to 5e-2 at C >= 1e2 (H100, N=2000, D=512), and float32 matmuls may silently run in TF32. The
+    problem is latency-bound, and Hopper's FP64 rate is close to its FP32 rate, so float64 costs
+    little. Pass ``dtype=torch.float32`` to opt in to float32 (the objective's reductions and the
+    basis stay float64).
     """
     return torch.float64
 
@@ -108,35 +143,269 @@ def _solver_dtype(device: torch.device) -> torch.dtype:
 def _loss_and_grad(
     x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor, inv_cn: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Objective ``mean CE + ||W||^2 * inv_cn / 2`` and its analytic gradients.
+    """``f = mean CE + ||W||^2 * inv_cn / 2`` and its gradients, on the original features.
 
-    x: [N, D], y: [N] (indices into the K fitted classes), w: [K, D], b: [K].
-    The matrix products run in the dtype of x; the softmax, the cross-entropy and all
-    reductions run in float64 (cheap: [N, K]) so that low-precision runs still see an accurate
-    objective. Returns (float64 loss scalar, grad_w [K, D], grad_b [K]) in the dtype of w.
+    x: [N, D], y: [N] (indices into the K fitted classes), w: [K, D], b: [K]. Returns float64
+    (loss scalar, grad_w [K, D], grad_b [K]).
     """
     n = x.shape[0]
-    logits = torch.addmm(b, x, w.T).double()  # [N, K]
-    log_z = torch.logsumexp(logits, dim=1)  # [N]
+    logits = torch.addmm(b.to(x.dtype), x, w.to(x.dtype).T).double()
+    log_z = torch.logsumexp(logits, dim=1)
     ce = (log_z - logits.gather(1, y[:, None]).squeeze(1)).mean()
     w64 = w.double()
     loss = ce + 0.5 * inv_cn * (w64 * w64).sum()
-    g = torch.exp(logits - log_z[:, None])  # softmax probabilities [N, K]
+    g = torch.exp(logits - log_z[:, None])
     g[torch.arange(n, device=x.device), y] -= 1.0
     g /= n
     grad_w = (g.to(x.dtype).T @ x).double() + inv_cn * w64
-    grad_b = g.sum(0)
-    return loss, grad_w.to(w.dtype), grad_b.to(w.dtype)
+    return loss, grad_w, g.sum(0)
 
 
-def _curvature_bound(x: torch.Tensor, C: float) -> float:
-    """Upper bound on the largest Hessian eigenvalue of the scaled objective.
+def _check_inputs(x, y, n_classes: int, dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.as_tensor(x)
+    dtype = dtype or _solver_dtype(x.device)
+    x = x.to(dtype=dtype)
+    y = torch.as_tensor(y, device=x.device).long()
+    if x.ndim != 2 or y.ndim != 1 or x.shape[0] != y.shape[0]:
+        raise ValueError(f"expected x [N, D] and y [N], got {tuple(x.shape)} and {tuple(y.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError("empty training set")
+    if int(y.min()) < 0 or int(y.max()) >= n_classes:
+        raise ValueError(f"labels must lie in [0, {n_classes}), got [{int(y.min())}, {int(y.max())}]")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x contains non-finite values")
+    return x, y
 
-    The softmax cross-entropy Hessian w.r.t. the logits is bounded by 1/2, so the data term is
-    bounded by ``0.5 * mean_i (||x_i||^2 + 1)``; the penalty adds ``1 / (C N)``.
+
+class LogisticProblem:
+    """One training set, prepared once (whitened basis) and fitted at any number of C values.
+
+    x: [N, D] features (solver device = x's device; float64 unless ``dtype``), y: [N] labels in
+    ``[0, n_classes)``.
     """
-    n = x.shape[0]
-    return 0.5 * (float((x * x).sum(1).mean()) + 1.0) + 1.0 / (C * n)
+
+    def __init__(self, x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray, n_classes: int,
+                 dtype: torch.dtype | None = None):
+        self.x, y = _check_inputs(x, y, n_classes, dtype)
+        self.n_classes = int(n_classes)
+        self.device, self.dtype = self.x.device, self.x.dtype
+        self.present = torch.unique(y)
+        self.k = int(self.present.numel())
+        absent = sorted(set(range(n_classes)) - set(self.present.tolist()))
+        if absent:
+            logger.warning("fit_logistic: classes %s absent from the training labels; they get probability 0", absent)
+        remap = torch.full((n_classes,), -1, dtype=torch.long, device=self.device)
+        remap[self.present] = torch.arange(self.k, device=self.device)
+        self.y = remap[y]
+        self.n, self.d = self.x.shape
+        if self.k >= 2:
+            self._build_basis()
+
+    @torch.no_grad()
+    def _build_basis(self) -> None:
+        """mean [D], basis [D, r] (orthonormal), scale [r] = sqrt(eigenvalue), z [N, r] whitened."""
+        x64 = self.x.double()
+        self.mean = x64.mean(0)
+        xc = x64 - self.mean
+        n, d = xc.shape
+        if n < d:  # kernel trick: eigenvectors of xc xc^T / n give the basis of the row space
+            lam, q = torch.linalg.eigh(xc @ xc.T / n)
+        else:
+            lam, v = torch.linalg.eigh(xc.T @ xc / n)
+        floor = float(lam.max()) * max(n, d) * torch.finfo(torch.float64).eps
+        keep = lam > max(floor, torch.finfo(torch.float64).tiny)
+        lam = lam[keep]
+        self.scale = lam.sqrt()
+        if n < d:
+            q = q[:, keep]
+            self.basis = (xc.T @ q) / (self.scale * math.sqrt(n))
+            self.z = q * math.sqrt(n)
+        else:
+            self.basis = v[:, keep]
+            self.z = (xc @ self.basis) / self.scale
+        self.z = self.z.to(self.dtype)
+        self.r = int(lam.numel())
+
+    # -- coordinates -------------------------------------------------------------------------------
+    def _split(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return theta[: self.k * self.r].view(self.k, self.r), theta[self.k * self.r:]
+
+    def _to_original(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Whitened theta -> (W [k, D], b [k]) in float64."""
+        u, c = self._split(theta.double())
+        w = (u / self.scale) @ self.basis.T
+        return w, c - w @ self.mean
+
+    def _from_original(self, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """(W [k, D], b [k]) -> whitened theta; the part of W outside the basis span is dropped."""
+        w, b = w.double(), b.double()
+        u = (w @ self.basis) * self.scale
+        c = b + w @ self.mean
+        return torch.cat([u.reshape(-1), c]).to(self.dtype)
+
+    def _original_grad_max(self, grad: torch.Tensor) -> torch.Tensor:
+        """max |grad f| in the original (W, b) coordinates from the whitened gradient (0-dim tensor)."""
+        gu, gc = self._split(grad.double())
+        gw = (gu * self.scale) @ self.basis.T + gc[:, None] * self.mean[None, :]
+        return torch.maximum(gw.abs().max(), gc.abs().max()) if gw.numel() else gc.abs().max()
+
+    # -- objective in whitened coordinates ---------------------------------------------------------
+    def _penalty(self, C: float) -> torch.Tensor:
+        """Per-direction penalty weights rho_j = 1 / (C N lambda_j): [r]."""
+        return (1.0 / (C * self.n)) / (self.scale * self.scale)
+
+    def _objective(self, theta: torch.Tensor, rho: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """f (float64 0-dim) and its gradient [k * r + k] at whitened theta."""
+        u, c = self._split(theta)
+        logits = torch.addmm(c, self.z, u.T).double()
+        log_z = torch.logsumexp(logits, dim=1)
+        ce = (log_z - logits.gather(1, self.y[:, None]).squeeze(1)).mean()
+        u64 = u.double()
+        f = ce + 0.5 * (rho * u64 * u64).sum()
+        g = torch.exp(logits - log_z[:, None])
+        g[torch.arange(self.n, device=self.device), self.y] -= 1.0
+        g /= self.n
+        gu = (g.to(self.dtype).T @ self.z).double() + rho * u64
+        return f, torch.cat([gu.reshape(-1), g.sum(0)]).to(self.dtype)
+
+    # -- fitting -----------------------------------------------------------------------------------
+    def fit(self, C: float, init: LogisticFit | None = None, max_iter: int = 1000, tol: float = 1e-6) -> LogisticFit:
+        """Fit at ``C``; ``init`` warm-starts (from a fit of this problem: also its L-BFGS memory)."""
+        if not C > 0 or not math.isfinite(C):
+            raise ValueError(f"C must be a positive finite number, got {C}")
+        if max_iter < 0:
+            raise ValueError(f"max_iter must be >= 0, got {max_iter}")
+        weight = torch.zeros(self.n_classes, self.d, dtype=self.dtype, device=self.device)
+        bias = torch.full((self.n_classes,), -math.inf, dtype=self.dtype, device=self.device)
+        if self.k == 1:
+            bias[self.present] = 0.0
+            logger.warning("fit_logistic: only one class present in the training labels; trivial model")
+            return LogisticFit(weight, bias, float(C), 0, True, 0.0, 0.0, "one class")
+        rho = self._penalty(float(C))
+        state = self._initial_state(init, rho)
+        theta, n_iter, gmax, reason = _lbfgs(self, state, rho, tol, max_iter)
+        with torch.no_grad():
+            w, b = self._to_original(theta)
+            inv_cn = 1.0 / (float(C) * self.n)
+            loss, gw, gb = _loss_and_grad(self.x, self.y, w, b, inv_cn)  # the honest check: original features
+            grad_norm = float(torch.maximum(gw.abs().max(), gb.abs().max()))
+        converged = grad_norm <= tol
+        if not converged:
+            logger.warning(
+                "fit_logistic did not converge (C=%g, %s, n_iter=%d/%d, max|grad|=%.3g > tol=%g, loss=%.6g)",
+                C, reason, n_iter, max_iter, grad_norm, tol, float(loss))
+        else:
+            logger.debug("fit_logistic C=%g converged in %d iterations, max|grad|=%.3g", C, n_iter, grad_norm)
+        weight[self.present] = w.to(self.dtype)
+        bias[self.present] = b.to(self.dtype)
+        return LogisticFit(weight, bias, float(C), n_iter, converged, grad_norm, float(loss),
+                           "gtol" if converged else reason, state)
+
+    def _initial_state(self, init: LogisticFit | None, rho: torch.Tensor) -> "_SolverState":
+        n_params = self.k * (self.r + 1)
+        if init is None:
+            return _SolverState(id(self), torch.zeros(n_params, dtype=self.dtype, device=self.device), [], [], rho)
+        if tuple(init.weight.shape) != (self.n_classes, self.d):
+            raise ValueError(f"init weight shape {tuple(init.weight.shape)} != {(self.n_classes, self.d)}")
+        if init.state is not None and init.state.problem_id == id(self):
+            # whitened parameters only: carrying the L-BFGS memory over to the new C (exact, since the
+            # penalty is quadratic) was measured to need up to 50x more iterations
+            return _SolverState(id(self), init.state.theta.clone(), [], [], rho)
+        w0 = init.weight.detach().to(device=self.device)[self.present]
+        b0 = init.bias.detach().to(device=self.device)[self.present]
+        b0 = torch.where(torch.isfinite(b0), b0, torch.zeros_like(b0))
+        return _SolverState(id(self), self._from_original(w0, b0), [], [], rho)
+
+
+def _lbfgs(problem: LogisticProblem, state: _SolverState, rho: torch.Tensor, tol: float,
+           max_iter: int) -> tuple[torch.Tensor, int, float, str]:
+    """Preconditioned compact L-BFGS with Armijo backtracking; updates ``state`` in place.
+
+    Stops when the original-coordinate gradient satisfies ``max|g| <= tol`` (returns reason "gtol"),
+    at ``max_iter``, or when the objective no longer decreases at floating-point resolution.
+    """
+    k = problem.k
+    precond = torch.cat([(1.0 / (0.5 + rho)).repeat(k), torch.full((k,), 2.0, dtype=rho.dtype, device=rho.device)])
+    precond = precond.to(problem.dtype)
+    theta = state.theta
+    f, g = problem._objective(theta, rho)
+    gmax = float(problem._original_grad_max(g))
+    n_iter, reason, restarted = 0, "max_iter reached", False
+    f_noise = 64 * torch.finfo(torch.float64).eps
+    while True:
+        if not (math.isfinite(float(f)) and math.isfinite(gmax)):
+            reason = "non-finite objective"
+            break
+        if gmax <= tol:
+            reason = "gtol"
+            break
+        if n_iter >= max_iter:
+            break
+        direction = -_inverse_hessian_times(state.s, state.y, precond, g)
+        slope = float(direction @ g)
+        if not slope < 0:  # lost descent (round-off in the memory): restart from the preconditioner
+            state.s.clear(), state.y.clear()
+            direction = -precond * g
+            slope = float(direction @ g)
+        step, accepted = 1.0, False
+        for _ in range(MAX_BACKTRACKS):
+            trial = theta + step * direction
+            f_new, g_new = problem._objective(trial, rho)
+            f_val = float(f_new)
+            if math.isfinite(f_val) and f_val <= float(f) + ARMIJO * step * slope:
+                accepted = True
+                break
+            # near the optimum the decrease drops below the rounding of f: accept a step that is
+            # within f's rounding and lands near the 1-d minimum (Hager-Zhang approximate Wolfe)
+            if math.isfinite(f_val) and f_val <= float(f) + f_noise * max(abs(float(f)), 1.0):
+                new_slope = float(g_new @ direction)
+                if 0.9 * slope <= new_slope <= -0.8 * slope:
+                    accepted = True
+                    break
+            # safeguarded quadratic interpolation of f along the direction
+            denom = 2.0 * (f_val - float(f) - slope * step) if math.isfinite(f_val) else math.inf
+            step = min(max(-slope * step * step / denom, 0.1 * step), 0.5 * step) if denom > 0 else 0.1 * step
+        if not accepted or torch.equal(trial, theta):
+            if not restarted and state.s:
+                state.s.clear(), state.y.clear()
+                restarted = True
+                continue
+            reason = "no decrease at floating-point resolution"
+            break
+        restarted = False
+        s_new, y_new = trial - theta, g_new - g
+        if float(s_new @ y_new) > 0:
+            state.s.append(s_new)
+            state.y.append(y_new)
+            if len(state.s) > MEMORY:
+                state.s.pop(0), state.y.pop(0)
+        theta, f, g = trial, f_new, g_new
+        n_iter += 1
+        gmax = float(problem._original_grad_max(g))
+    state.theta, state.rho = theta, rho
+    return theta, n_iter, gmax, reason
+
+
+def _inverse_hessian_times(s: list[torch.Tensor], y: list[torch.Tensor], precond: torch.Tensor,
+                           g: torch.Tensor) -> torch.Tensor:
+    """L-BFGS inverse Hessian times g, compact form (Byrd, Nocedal & Schnabel 1994, eq. 3.1).
+
+    H = H0 + [S, H0 Y] [[R^-T (D + Y^T H0 Y) R^-1, -R^-T], [-R^-1, 0]] [S^T; Y^T H0] with
+    H0 = gamma * diag(precond), gamma = s^T y / (y^T P y) of the newest pair; S, Y: [m, n].
+    """
+    if not s:
+        return precond * g
+    smat, ymat = torch.stack(s), torch.stack(y)
+    sy = smat @ ymat.T  # [m, m]: s_i . y_j
+    ypy = (ymat * precond) @ ymat.T
+    gamma = sy[-1, -1] / ypy[-1, -1]
+    r = torch.triu(sy)
+    a = smat @ g
+    b = gamma * ((ymat * precond) @ g)
+    w = torch.linalg.solve_triangular(r, a[:, None], upper=True)[:, 0]
+    t = torch.diagonal(sy) * w + gamma * (ypy @ w) - b
+    p1 = torch.linalg.solve_triangular(r.T, t[:, None], upper=False)[:, 0]
+    return gamma * precond * (g - ymat.T @ w) + smat.T @ p1
 
 
 def fit_logistic(
@@ -149,181 +418,14 @@ def fit_logistic(
     tol: float = 1e-6,
     dtype: torch.dtype | None = None,
 ) -> LogisticFit:
-    """Fit multinomial L2 logistic regression with full-batch L-BFGS (strong Wolfe line search).
+    """Fit multinomial L2 logistic regression at one C (see module docstring).
 
-    x: [N, D] features; the solver runs on ``x``'s device, in float64 unless ``dtype`` is given
-    (see ``_solver_dtype``; with float32 the objective is still reduced in float64).
-    y: [N] int64 labels in ``[0, n_classes)``. C: inverse regularisation strength (sklearn
-    convention; see module docstring for the binary case). init: warm start (e.g. the fit at a
-    neighbouring C); rows of classes absent from ``y`` are ignored.
-
-    Stopping rules mirror scipy's L-BFGS-B as called by sklearn: converged when the max-abs
-    gradient of ``mean CE + ||W||^2 / (2 C N)`` is ``<= tol`` (sklearn's ``gtol``) or when an
-    iteration's relative decrease ``(f_k - f_k+1) / max(|f_k|, |f_k+1|, 1)`` is
-    ``<= 64 * eps`` (sklearn's ``ftol``; the objective is always accumulated in float64), or
-    when not even steepest descent (after a restart of the L-BFGS memory) can decrease the
-    objective at floating-point resolution after iterations whose relative decrease had
-    already fallen to ``<= sqrt(eps)`` (a stall at the precision floor, e.g. in float32 or with
-    a tiny ``tol``; logged at INFO). Hitting ``max_iter``, or a line search failing in any other
-    situation, gives ``converged=False`` and a logged warning.
-
-    Implementation notes: ``torch.optim.LBFGS`` is driven one iteration per ``step`` call (with
-    a cached closure, so this costs no extra evaluations) so that the stopping rules above are
-    applied exactly; its internal tolerances are disabled. The objective handed to torch is
-    multiplied by a constant ``S`` because torch skips curvature pairs with the *absolute*
-    test ``y's > 1e-10``, which otherwise freezes the quasi-Newton memory near the optimum
-    when ``tol`` is small or C is small (observed: no convergence in 1000 iterations at
-    C=1e-6 where sklearn needs 29). Scaling the objective leaves the L-BFGS iterates unchanged.
+    x: [N, D] features; the solver runs on ``x``'s device, in float64 unless ``dtype`` is given.
+    y: [N] int64 labels in ``[0, n_classes)``. init: warm start (e.g. the fit at a neighbouring C);
+    rows of classes absent from ``y`` are ignored. Converged means ``max|grad f| <= tol`` on the
+    original features; otherwise ``converged=False``, a logged warning, and ``reason`` says why.
     """
-    if C <= 0:
-        raise ValueError(f"C must be > 0, got {C}")
-    if max_iter < 0:
-        raise ValueError(f"max_iter must be >= 0, got {max_iter}")
-    x = torch.as_tensor(x)
-    device = x.device
-    dtype = dtype or _solver_dtype(device)
-    x = x.to(dtype=dtype)
-    y = torch.as_tensor(y, device=device).long()
-    if x.ndim != 2 or y.ndim != 1 or x.shape[0] != y.shape[0]:
-        raise ValueError(f"expected x [N, D] and y [N], got {tuple(x.shape)} and {tuple(y.shape)}")
-    n, d = x.shape
-    if n == 0:
-        raise ValueError("empty training set")
-    if int(y.min()) < 0 or int(y.max()) >= n_classes:
-        raise ValueError(f"labels must lie in [0, {n_classes}), got [{int(y.min())}, {int(y.max())}]")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("x contains non-finite values")
-
-    present = torch.unique(y)  # sorted class ids present in y
-    k = present.numel()
-    absent = sorted(set(range(n_classes)) - set(present.tolist()))
-    if absent:
-        logger.warning(
-            "fit_logistic: classes %s absent from the training labels; they get probability 0", absent
-        )
-    weight_full = torch.zeros(n_classes, d, dtype=dtype, device=device)
-    bias_full = torch.full((n_classes,), -math.inf, dtype=dtype, device=device)
-    if k == 1:
-        bias_full[present] = 0.0
-        logger.warning("fit_logistic: only one class present in the training labels; trivial model")
-        return LogisticFit(weight_full, bias_full, float(C), 0, True, 0.0, 0.0)
-
-    remap = torch.full((n_classes,), -1, dtype=torch.long, device=device)
-    remap[present] = torch.arange(k, device=device)
-    yk = remap[y]
-
-    w = torch.zeros(k, d, dtype=dtype, device=device)
-    b = torch.zeros(k, dtype=dtype, device=device)
-    if init is not None:
-        if tuple(init.weight.shape) != (n_classes, d):
-            raise ValueError(f"init weight shape {tuple(init.weight.shape)} != {(n_classes, d)}")
-        w.copy_(init.weight.detach().to(device=device, dtype=dtype)[present])
-        b0 = init.bias.detach().to(device=device, dtype=dtype)[present]
-        b.copy_(torch.where(torch.isfinite(b0), b0, torch.zeros_like(b0)))
-    w.requires_grad_(True)
-    b.requires_grad_(True)
-
-    inv_cn = 1.0 / (float(C) * n)
-    ftol = 64 * torch.finfo(torch.float64).eps  # the objective is always reduced in float64
-    stall_rel = math.sqrt(torch.finfo(torch.float64).eps)
-    # Objective scale for torch (see docstring): makes y's >= S * tol^2 / L_max >> 1e-10.
-    max_scale = 1e20 if dtype == torch.float64 else 1e10
-    scale = min(max(1.0, 1e-6 * _curvature_bound(x, C) / tol**2), max_scale)
-
-    cache: dict[str, object] = {}
-
-    def evaluate() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Objective and gradients at the current (w, b), memoised on the parameter values."""
-        if cache and torch.equal(w, cache["w"]) and torch.equal(b, cache["b"]):  # type: ignore[arg-type]
-            return cache["val"]  # type: ignore[return-value]
-        with torch.no_grad():
-            val = _loss_and_grad(x, yk, w, b, inv_cn)
-        cache.update(w=w.detach().clone(), b=b.detach().clone(), val=val)
-        return val
-
-    def closure() -> torch.Tensor:
-        loss, gw, gb = evaluate()
-        w.grad = gw * scale
-        b.grad = gb * scale
-        return loss * scale
-
-    def make_optimizer() -> torch.optim.LBFGS:
-        return torch.optim.LBFGS(
-            [w, b],
-            lr=1.0,
-            max_iter=1,  # one iteration per step() call; stopping rules applied below
-            max_eval=51,  # 1 (cached) initial evaluation + up to 50 line-search evaluations
-            tolerance_grad=-1.0,  # disabled: we test the unscaled gradient ourselves
-            tolerance_change=0.0,  # disabled: we test the relative decrease ourselves
-            history_size=20,
-            line_search_fn="strong_wolfe",
-        )
-
-    def grad_max(gw: torch.Tensor, gb: torch.Tensor) -> float:
-        return float(torch.maximum(gw.abs().max(), gb.abs().max()))
-
-    opt = make_optimizer()
-    loss, gw, gb = evaluate()
-    f, gmax = float(loss), grad_max(gw, gb)
-    n_iter = 0
-    converged = False
-    reason = "max_iter reached"
-    just_restarted = False
-    last_rel_decrease = math.inf  # relative decrease of the last successful iteration
-    while True:
-        if not (math.isfinite(f) and math.isfinite(gmax)):
-            reason = "non-finite objective"
-            break
-        if gmax <= tol:
-            converged, reason = True, "gtol"
-            break
-        if n_iter >= max_iter:
-            break
-        w_prev, b_prev, f_prev = w.detach().clone(), b.detach().clone(), f
-        opt.step(closure)
-        n_iter += 1
-        loss, gw, gb = evaluate()
-        f, gmax = float(loss), grad_max(gw, gb)
-        moved = not (torch.equal(w, w_prev) and torch.equal(b, b_prev))
-        if not moved or not f <= f_prev:
-            # The line search made no progress: restore, then restart the L-BFGS memory once
-            # (steepest descent). If even that cannot decrease f, f is flat at floating-point
-            # resolution: a stall (converged) if the previous iterations had already stalled
-            # to a relative decrease <= sqrt(eps), otherwise a failure.
-            with torch.no_grad():
-                w.copy_(w_prev)
-                b.copy_(b_prev)
-            loss, gw, gb = evaluate()
-            f, gmax = float(loss), grad_max(gw, gb)
-            if just_restarted:
-                if last_rel_decrease <= stall_rel:
-                    converged, reason = True, "stalled (no decrease at floating-point resolution)"
-                else:
-                    reason = "line search failed"
-                break
-            opt = make_optimizer()
-            just_restarted = True
-            continue
-        just_restarted = False
-        last_rel_decrease = (f_prev - f) / max(abs(f_prev), abs(f), 1.0)
-        if last_rel_decrease <= ftol:
-            converged, reason = True, "ftol"
-            break
-
-    if not converged:
-        logger.warning(
-            "fit_logistic did not converge (C=%g, %s, n_iter=%d/%d, max|grad|=%.3g > tol=%g, loss=%.6g); "
-            "consider raising max_iter or standardising features",
-            C, reason, n_iter, max_iter, gmax, tol, f,
-        )
-    else:
-        level = logging.DEBUG if reason in ("gtol", "ftol") else logging.INFO
-        logger.log(level, "fit_logistic C=%g converged (%s) in %d iterations, max|grad|=%.3g", C, reason, n_iter, gmax)
-
-    with torch.no_grad():
-        weight_full[present] = w.detach()
-        bias_full[present] = b.detach()
-    return LogisticFit(weight_full, bias_full, float(C), n_iter, converged, gmax, f)
+    return LogisticProblem(x, y, n_classes, dtype).fit(C, init=init, max_iter=max_iter, tol=tol)
 
 
 def regularization_path(
@@ -337,7 +439,7 @@ def regularization_path(
     max_iter: int = 1000,
     tol: float = 1e-6,
 ) -> list[tuple[float, float, LogisticFit]]:
-    """Fit along ``Cs`` from smallest to largest C, warm-starting each fit from the previous one.
+    """Fit along ``Cs`` from smallest to largest C, each fit warm-started from the previous one.
 
     x_train: [N, D], y_train: [N]; x_val: [M, D], y_val: [M]. ``score(y_val [M], proba [M, C])``
     is higher-is-better. Returns ``[(C, val_score, fit), ...]`` in increasing C order; selecting
@@ -345,12 +447,14 @@ def regularization_path(
     """
     if len(Cs) == 0:
         raise ValueError("Cs is empty")
-    y_val_np = torch.as_tensor(y_val).cpu().numpy() if isinstance(y_val, torch.Tensor) else np.asarray(y_val)
+    problem = LogisticProblem(x_train, y_train, n_classes)
+    y_val_np = y_val.cpu().numpy() if isinstance(y_val, torch.Tensor) else np.asarray(y_val)
+    x_val_t = torch.as_tensor(x_val).to(device=problem.device, dtype=problem.dtype)
     results: list[tuple[float, float, LogisticFit]] = []
     prev: LogisticFit | None = None
     for c in sorted(float(c) for c in Cs):
-        fit = fit_logistic(x_train, y_train, n_classes, c, init=prev, max_iter=max_iter, tol=tol)
-        s = float(score(y_val_np, fit.predict_proba(x_val)))
+        fit = problem.fit(c, init=prev, max_iter=max_iter, tol=tol)
+        s = float(score(y_val_np, fit.predict_proba(x_val_t)))
         logger.debug("regularization_path C=%g score=%.6g n_iter=%d converged=%s", c, s, fit.n_iter, fit.converged)
         results.append((c, s, fit))
         prev = fit

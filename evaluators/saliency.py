@@ -93,7 +93,7 @@ def load_head(path: str, encoder: nn.Module, feature_dim: int, n_classes: int) -
 
 def fit_probe_head(context: EvalContext, wd_steps: int) -> tuple[nn.Linear, dict]:
     """Linear-probe head on the cached train features, C chosen on val (the ``linear`` protocol)."""
-    from evaluators.linear import LINEAR_DEFAULTS, fit_and_score
+    from evaluators.linear import LINEAR_DEFAULTS, fit_and_score, resolved_max_iter
     from evaluators.linear_solver import fit_logistic
     train, val = context.features("train"), context.features("val")
     n_classes = context.dataset.num_classes
@@ -101,7 +101,7 @@ def fit_probe_head(context: EvalContext, wd_steps: int) -> tuple[nn.Linear, dict
     selection = context.primary_metric()
     best_c, _ = fit_and_score(train.x, train.y, val.x, val.y, n_classes, options, selection, torch.device("cpu"))
     fit = fit_logistic(torch.as_tensor(train.x, dtype=torch.float64), torch.as_tensor(train.y), n_classes, best_c,
-                       max_iter=int(options["max_iter"]))
+                       max_iter=resolved_max_iter(options))
     head = nn.Linear(train.x.shape[1], n_classes)
     with torch.no_grad():
         head.weight.copy_(fit.weight.float())

@@ -111,3 +111,12 @@ def image_context(dataset: ArrayImageDataset, encoder_spec, artifacts_dir: Path,
     return EvalContext(encoder_spec, LoadOptions(), dataset, splits,
                        ExtractionSettings(device=torch.device("cpu"), cache_dir=None, num_workers=0),
                        artifacts_dir, seed=seed)
+
+
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """One torch thread for a module of tiny solver problems (no oversubscription on shared CPUs)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -14,13 +14,7 @@ from evaluators.linear_solver import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # tiny problems: avoid intra-op thread oversubscription on shared CPUs
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # tiny problems
 
 
 def _blobs(n: int, d: int, k: int, sep: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -154,3 +148,68 @@ def test_regularization_path_prefers_weak_regularisation_on_easy_low_dim_data():
     best = _best_C(path)
     assert best >= 1.0
     assert max(s for _, s, _ in path) > path[0][1] + 0.5  # C=1e-4 underfits badly
+
+
+def _pooled_like(n: int, d: int, k: int, seed: int, noise: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+    """Non-negative, strongly correlated, uncentred features (as pooled ReLU activations) and noisy labels."""
+    rng = np.random.default_rng(seed)
+    latent = rng.normal(size=(n, 4))
+    y = np.argmax(latent[:, :k] + rng.normal(scale=1.0, size=(n, k)), axis=1)
+    mix = np.random.default_rng(11).normal(size=(4, d))
+    x = np.maximum(latent @ mix + noise * rng.normal(size=(n, d)) + 2.0, 0.0) * 3.0
+    return x, y
+
+
+def _numpy_grad_max(x, y, k, C, w, b):
+    """max |grad| of mean CE + ||W||^2 / (2 C N), computed independently in numpy."""
+    logits = x @ w.T + b
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    p[np.arange(len(y)), y] -= 1
+    return max(np.abs(p.T @ x / len(y) + w / (C * len(y))).max(), np.abs(p.mean(0)).max())
+
+
+@pytest.mark.parametrize("C", [1e-3, 1.0, 100.0])
+def test_ill_conditioned_features_converge_and_match_sklearn(C):
+    x, y = _pooled_like(300, 30, 3, seed=0, noise=0.02)
+    assert np.linalg.cond(np.cov(x.T)) > 1e4  # the regime where plain L-BFGS on raw features crawls
+    fit = fit_logistic(torch.from_numpy(x), torch.from_numpy(y), 3, C, tol=1e-8)
+    assert fit.converged and fit.grad_norm <= 1e-8
+    assert _numpy_grad_max(x, y, 3, C, fit.weight.numpy(), fit.bias.numpy()) <= 1e-8
+    sk = LogisticRegression(C=C, tol=1e-12, max_iter=100_000).fit(x, y)
+    assert np.abs(fit.predict_proba(x) - sk.predict_proba(x)).max() < 1e-4
+
+
+def test_rank_deficient_and_wide_features_match_sklearn():
+    x, y = _blobs(60, 5, 3, sep=0.8, seed=9)
+    wide = np.concatenate([x, x[:, :3] * 2.0, np.ones((60, 4)), np.zeros((60, 2)), x @ np.ones((5, 90))], axis=1)
+    assert wide.shape[1] > wide.shape[0]  # N < D: the kernel-matrix basis
+    for C in (0.05, 5.0):
+        fit = fit_logistic(torch.from_numpy(wide), torch.from_numpy(y), 3, C, tol=1e-9)
+        sk = LogisticRegression(C=C, tol=1e-12, max_iter=100_000).fit(wide, y)
+        assert fit.converged
+        assert np.abs(fit.predict_proba(wide) - sk.predict_proba(wide)).max() < 1e-4
+
+
+def test_path_warm_starts_equal_cold_fits_and_select_the_same_C_as_sklearn():
+    x, y = _pooled_like(500, 30, 4, seed=1)
+    xt, yt, xv, yv = x[:300], y[:300], x[300:], y[300:]
+    Cs = list(np.logspace(-4, 2, 7))
+    path = regularization_path(torch.from_numpy(xt), torch.from_numpy(yt), xv, yv, 4, Cs, _neg_log_loss, tol=1e-9)
+    assert all(f.converged for _, _, f in path)
+    sk_scores = []
+    for (C, score, fit) in path:
+        cold = fit_logistic(torch.from_numpy(xt), torch.from_numpy(yt), 4, C, tol=1e-9)
+        assert np.abs(fit.predict_proba(xv) - cold.predict_proba(xv)).max() < 1e-5
+        sk = LogisticRegression(C=C, tol=1e-12, max_iter=100_000).fit(xt, yt)
+        sk_scores.append(_neg_log_loss(yv, sk.predict_proba(xv)))
+        assert score == pytest.approx(sk_scores[-1], abs=1e-5)
+    assert _best_C(path) == Cs[int(np.argmax(sk_scores))]
+
+
+def test_warm_start_from_another_training_set():
+    x, y = _pooled_like(300, 20, 3, seed=2)
+    first = fit_logistic(torch.from_numpy(x[:200]), torch.from_numpy(y[:200]), 3, 1.0)
+    refit = fit_logistic(torch.from_numpy(x), torch.from_numpy(y), 3, 1.0, init=first, tol=1e-9)
+    cold = fit_logistic(torch.from_numpy(x), torch.from_numpy(y), 3, 1.0, tol=1e-9)
+    assert refit.converged and np.abs(refit.predict_proba(x) - cold.predict_proba(x)).max() < 1e-6
