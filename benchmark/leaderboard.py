@@ -108,8 +108,15 @@ def _long_rows(records: list[ResultRecord]) -> pd.DataFrame:
             "wall_seconds": provenance.get("wall_seconds"), "device": provenance.get("device"),
             "git_commit": provenance.get("git_commit"), **calibration,
             "temperature": record.metrics.get("ece_temperature_scaled", {}).get("temperature"),
+            "unconverged_fits": _unconverged_fits(record),
         })
     return pd.DataFrame(rows)
+
+
+def _unconverged_fits(record: ResultRecord) -> int:
+    """Solver fits the record says stopped before converging (linear: C values; k-shot: a count)."""
+    resolved = record.protocol.get("resolved") or {}
+    return len(resolved.get("unconverged_C") or []) + int(resolved.get("unconverged_fits") or 0)
 
 
 def build_leaderboard(results_dir: Path, seed: int = 0) -> Leaderboard:
@@ -120,6 +127,9 @@ def build_leaderboard(results_dir: Path, seed: int = 0) -> Leaderboard:
     if long.empty:
         return Leaderboard(long, [], notes + ["no records found"], errors)
     long["value"] = pd.to_numeric(long["value"])
+    if (long["unconverged_fits"] > 0).any():
+        notes.append("§: the record lists logistic-regression fits that stopped before converging "
+                     "(protocol.resolved.unconverged_C; k-shot linear: unconverged_fits)")
     # a column is (dataset, protocol); several protocols for one dataset become several columns
     long["column"] = long["dataset"]
     for (evaluator, variant, dataset), group in long.groupby(["evaluator", "variant", "dataset"]):
@@ -197,6 +207,7 @@ def _display_table(part: pd.DataFrame) -> pd.DataFrame:
             cell = _fmt(item["value"], ci, item.get("sd"))
             unpaired = "" if item["paired"] or (part["column"] == column).sum() < 2 else "†"
             row[column] = f"{cell} (#{int(item['rank'])}{unpaired})" if not math.isnan(item["rank"]) else cell
+            row[column] += " §" if item.get("unconverged_fits", 0) else ""
         row["mean rank"] = round(float(group["rank"].mean()), 2)
         ips = pd.to_numeric(group["images_per_second"], errors="coerce")
         row["images/s"] = f"{ips.mean():.1f}" if ips.notna().any() else ""

@@ -189,6 +189,8 @@ def _run_converged(train, val, test, n_classes: int, options: dict, primary: str
     resolved = {"protocol": "converged", "C": best_c, "wd": 1.0 / best_c, "selection_metric": selection,
                 "tie_rule": "smallest C", "converged": fit.converged, "n_iter": fit.n_iter,
                 "max_iter": resolved_max_iter(options), "unconverged_C": unconverged,
+                # the previous C's solution already met tol here: such scores say more about the path than C
+                "tol_limited_C": [point["C"] for point in curve[1:] if point["n_iter"] == 0],
                 "solver": "whitened L-BFGS (torch, float64)", "n_train": int(len(refit_y))}
     extra = {"val_curve": curve, "refit": {"n_iter": fit.n_iter, "grad_norm": fit.grad_norm, "reason": fit.reason}}
     return resolved, extra, proba, held_out_val

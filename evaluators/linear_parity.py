@@ -34,6 +34,8 @@ import torch
 from scipy import optimize
 from sklearn.metrics import confusion_matrix
 
+from evaluators.linear_solver import threads_for
+
 log = logging.getLogger(__name__)
 
 PARITY_SELECTION_METRICS = ("accuracy", "mean_per_class_accuracy")
@@ -89,8 +91,9 @@ class LegacyMultinomialLR:
         xt = torch.as_tensor(np.asarray(x, dtype=np.float64), device=self.device)
         target = torch.zeros(n, n_rows, dtype=torch.float64, device=self.device)
         target[torch.arange(n), torch.as_tensor(np.searchsorted(classes, y), device=self.device)] = 1.0
-        result = optimize.minimize(legacy_loss_and_grad, w0.ravel(), args=(xt, target, 1.0 / C), method="L-BFGS-B",
-                                   jac=True, options={"gtol": self.tol, "maxiter": self.max_iter})
+        with threads_for(self.device, n * d * n_rows):
+            result = optimize.minimize(legacy_loss_and_grad, w0.ravel(), args=(xt, target, 1.0 / C),
+                                       method="L-BFGS-B", jac=True, options={"gtol": self.tol, "maxiter": self.max_iter})
         self.n_iter_ = min(int(result.nit), self.max_iter)
         self.status_ = int(result.status)
         w = result.x.reshape(n_rows, d + 1)

@@ -120,3 +120,16 @@ def test_mean_over_seeds_without_ci_shows_its_sd(tmp_path):
     write_record(_record("other", 0.4, evaluator="kshot-linear"), tmp_path)
     markdown = render_markdown(build_leaderboard(tmp_path))
     assert "0.250 ± 0.023 (#2†)" in markdown and "0.400 [0.350, 0.450] (#1†)" in markdown
+
+
+def test_cells_with_unconverged_fits_are_marked(tmp_path):
+    converged = {"evaluator": "linear", "resolved": {"unconverged_C": []}}
+    write_record(_record("a", 0.5, protocol=converged), tmp_path)
+    write_record(_record("b", 0.4, protocol={"evaluator": "linear", "resolved": {"unconverged_C": [1e6, 3e5]}}),
+                 tmp_path)
+    board = build_leaderboard(tmp_path)
+    rows = board.tables[0][1].set_index("encoder")
+    cell = [c for c in rows.columns if c.startswith("synthderm")][0]
+    assert rows.loc["b", cell].endswith(" §") and not rows.loc["a", cell].endswith("§")
+    assert any(note.startswith("§") for note in board.notes)
+    assert board.long.set_index("encoder").loc["b", "unconverged_fits"] == 2
