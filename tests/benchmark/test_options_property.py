@@ -175,8 +175,13 @@ def test_random_valid_options_never_crash_a_cheap_run(name, run, pinned, tmp_pat
     if name == "knn":
         options["ks"] = sorted({min(k, 18) for k in validate_value(name, "ks", options["ks"], schema["ks"])})
         options["primary_k"] = data.draw(st.sampled_from(options["ks"]))
-    if name == "linear":  # the rule wd_min_exp <= wd_max_exp
+    if name == "linear":  # the rules: wd_min_exp <= wd_max_exp; parity fixes its selection metrics, refit, raw features
         options["wd_min_exp"], options["wd_max_exp"] = sorted(float(options[k]) for k in ("wd_min_exp", "wd_max_exp"))
+        if str(options["protocol"]).strip().lower() == "parity":
+            options.update(refit_on="train+val", standardize=False,
+                           selection_metric=data.draw(st.sampled_from(["auto", "accuracy", "mean_per_class_accuracy"])))
+        elif str(options["selection_metric"]).strip().lower() == "mean_per_class_accuracy":
+            options["selection_metric"] = "balanced_accuracy"
     options = spec.resolve_options(None, {**options, **pinned})
     output = run(_tiny_context(tmp_path_factory), options)
     assert output.primary_metric in output.metrics

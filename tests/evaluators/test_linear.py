@@ -14,8 +14,8 @@ from sklearn.metrics import confusion_matrix
 from sklearn.preprocessing import LabelBinarizer
 
 from evaluators.linear import LINEAR_DEFAULTS, check_linear_options, linear_probe, resolved_max_iter, run_linear
-from evaluators.registry import EVALUATORS
 from evaluators.linear_parity import LegacyMultinomialLR, legacy_loss_and_grad, parity_cs
+from evaluators.registry import EVALUATORS
 
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")  # tiny problems
