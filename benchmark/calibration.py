@@ -10,7 +10,9 @@
 * CIs: the stratified percentile bootstrap of :mod:`benchmark.metrics` over test images (T fixed).
 
 The evaluators call :func:`calibration_metrics` once; it returns record metric entries
-``ece`` and ``ece_temperature_scaled`` (the latter carries ``temperature``). ECE is lower-is-better
+``ece`` and ``ece_temperature_scaled`` (the latter carries ``temperature`` and ``temperature_at_bound``: a T at
+the edge of the search range means the scaled model is close to predicting the class prior, so its low ECE says
+little). ECE is lower-is-better
 and never a primary metric.
 """
 from __future__ import annotations
@@ -97,9 +99,10 @@ def calibration_metrics(val_y: np.ndarray, val_proba: np.ndarray, test_y: np.nda
                         n_boot: int = 1000, seed: int = 0, n_bins: int = ECE_BINS) -> dict[str, dict]:
     """Record entries ``ece`` and ``ece_temperature_scaled`` (T fitted on val [M], applied to test [N])."""
     temperature = fit_temperature(val_y, val_proba)
+    at_bound = not 0.0101 < temperature < 99.0  # the search hit its bound: confidences carry (almost) no signal
     before, before_ci = ece_with_ci(test_y, test_proba, n_bins, n_boot, seed)
     after, after_ci = ece_with_ci(test_y, apply_temperature(test_proba, temperature), n_bins, n_boot, seed)
     facts = {"bins": n_bins, "binning": "equal-width on max-probability confidence", "lower_is_better": True}
     return {"ece": metric(before, before_ci, **facts),
             "ece_temperature_scaled": metric(after, after_ci, temperature=temperature, temperature_fitted_on="val",
-                                             **facts)}
+                                             temperature_at_bound=at_bound, **facts)}

@@ -291,7 +291,8 @@ def _calibration_tables(records: list[ResultRecord], evaluator: str, variant: st
         before, after = record.metrics["ece"], record.metrics.get("ece_temperature_scaled", {})
         rows.append({"dataset": i.dataset, "encoder": i.encoder, "ECE": _fmt(before.get("value"), before.get("ci")),
                      "ECE after temperature scaling": _fmt(after.get("value"), after.get("ci")),
-                     "temperature": f"{after['temperature']:.3f}" if _finite(after.get("temperature")) else ""})
+                     "temperature": (f"{after['temperature']:.3f}" + (" (at search bound)" if after.get("temperature_at_bound") else ""))
+                     if _finite(after.get("temperature")) else ""})
     return [(f"{title}: calibration (ECE, {ECE_BINS} bins; lower is better)", pd.DataFrame(rows))] if rows else []
 
 

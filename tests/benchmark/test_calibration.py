@@ -40,3 +40,13 @@ def test_temperature_scaling_recovers_the_temperature_and_lowers_ece():
     entries = calibration_metrics(y[:2000], overconfident[:2000], y[2000:], overconfident[2000:], n_boot=100)
     assert entries["ece_temperature_scaled"]["value"] < entries["ece"]["value"] / 2
     assert entries["ece"]["bins"] == 15 and entries["ece_temperature_scaled"]["temperature_fitted_on"] == "val"
+
+
+def test_a_temperature_at_the_search_bound_is_flagged():
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 3, 300)
+    proba = np.eye(3)[rng.integers(0, 3, 300)] * 0.98 + 0.01 / 1  # confident and unrelated to the labels
+    proba /= proba.sum(1, keepdims=True)
+    entries = calibration_metrics(y[:150], proba[:150], y[150:], proba[150:], n_boot=50)
+    assert entries["ece_temperature_scaled"]["temperature"] == pytest.approx(100.0, rel=1e-3)
+    assert entries["ece_temperature_scaled"]["temperature_at_bound"] is True
