@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable
 
 import numpy as np
@@ -196,8 +197,41 @@ def _resized_crop(image: Image.Image, param: tuple[float, float, float, float], 
                            [geometry.size, geometry.size], interpolation=InterpolationMode.BILINEAR)
 
 
-def _toggle(op: Callable[[Image.Image], Image.Image]) -> Callable[[Image.Image, bool, ViewGeometry], Image.Image]:
-    return lambda image, on, geometry: op(image) if on else image
+# The view functions below are module-level (bound with functools.partial, never lambdas) so that a
+# TransformGrid pickles: DataLoader workers start from a fork server and receive the dataset pickled.
+def _toggled(image: Image.Image, on: bool, geometry: ViewGeometry, *, op: Callable[[Image.Image], Image.Image]) -> Image.Image:
+    return op(image) if on else image
+
+
+def _grayscale3(image: Image.Image) -> Image.Image:
+    return TF.rgb_to_grayscale(image, num_output_channels=3)
+
+
+def _rotate(image: Image.Image, angle: float, geometry: ViewGeometry, *, mode: InterpolationMode) -> Image.Image:
+    return TF.rotate(image, angle, interpolation=mode, fill=0)
+
+
+def _translate(image: Image.Image, shift: tuple[float, float], geometry: ViewGeometry, *,
+               mode: InterpolationMode) -> Image.Image:
+    side = _short_side(image)
+    return _affine(image, mode, translate=(round(shift[0] * side), round(shift[1] * side)))
+
+
+def _zoom(image: Image.Image, scale: float, geometry: ViewGeometry, *, mode: InterpolationMode) -> Image.Image:
+    return _affine(image, mode, scale=scale)
+
+
+def _shear(image: Image.Image, shear: tuple[float, float], geometry: ViewGeometry, *, mode: InterpolationMode) -> Image.Image:
+    return _affine(image, mode, shear=shear)
+
+
+def _with_factor(image: Image.Image, factor: float, geometry: ViewGeometry, *,
+                 op: Callable[[Image.Image, float], Image.Image]) -> Image.Image:
+    return op(image, factor)
+
+
+def _posterize(image: Image.Image, bits: int, geometry: ViewGeometry) -> Image.Image:
+    return TF.posterize(image, int(bits))
 
 
 def build_grid(name: str, k: int = 256, interpolation: str = "nearest", elastic_seed: int = 0) -> TransformGrid:
@@ -216,31 +250,31 @@ def build_grid(name: str, k: int = 256, interpolation: str = "nearest", elastic_
     if name == "rotation":
         angles = [float(a) for a in np.linspace(0.0, 360.0, k + 1)[:k]]
         return TransformGrid(name, tuple(angles), tuple(a == 0.0 for a in angles),
-                             lambda im, a, g: TF.rotate(im, a, interpolation=mode, fill=0),
+                             partial(_rotate, mode=mode),
                              description="angle (degrees) = linspace(0, 360, k + 1)[:k], about the centre, black fill")
     if name in ("hflip", "vflip", "grayscale", "invert", "equalize"):
         op = {"hflip": TF.hflip, "vflip": TF.vflip, "invert": TF.invert, "equalize": TF.equalize,
-              "grayscale": lambda im: TF.rgb_to_grayscale(im, num_output_channels=3)}[name]
-        return TransformGrid(name, (False, True), (True, False), _toggle(op), description="{off, on}")
+              "grayscale": _grayscale3}[name]
+        return TransformGrid(name, (False, True), (True, False), partial(_toggled, op=op), description="{off, on}")
     if name == "translation":
         rows, cols = balanced_counts(k, 2)
         xs, ys = _linspace(-TRANSLATION_FRACTION, TRANSLATION_FRACTION, cols), _linspace(-TRANSLATION_FRACTION, TRANSLATION_FRACTION, rows)
         params = tuple((x, y) for y in ys for x in xs)
         return TransformGrid(name, params, tuple(abs(x) < 1e-12 and abs(y) < 1e-12 for x, y in params),
-                             lambda im, p, g: _affine(im, mode, translate=(round(p[0] * _short_side(im)), round(p[1] * _short_side(im)))),
+                             partial(_translate, mode=mode),
                              description=f"(dx, dy) fractions of the resized short side, {cols}x{rows} grid over "
                                          f"+-{TRANSLATION_FRACTION:g} (ERIC-I: +-16 px of 256), applied before the crop, black fill")
     if name == "scale":
         scales = _linspace(0.25, 2.0, k)
         return TransformGrid(name, tuple(scales), tuple(abs(s - 1.0) < 1e-9 for s in scales),
-                             lambda im, s, g: _affine(im, mode, scale=s),
+                             partial(_zoom, mode=mode),
                              description="zoom factor linspace(0.25, 2, k) about the centre, black fill")
     if name == "shear":
         rows, cols = balanced_counts(k, 2)
         xs, ys = _linspace(-160.0, 160.0, cols), _linspace(-160.0, 160.0, rows)
         params = tuple((x, y) for y in ys for x in xs)
         return TransformGrid(name, params, tuple(abs(x) < 1e-9 and abs(y) < 1e-9 for x, y in params),
-                             lambda im, p, g: _affine(im, mode, shear=p),
+                             partial(_shear, mode=mode),
                              description=f"(x, y) shear in degrees, {cols}x{rows} grid over linspace(-160, 160)")
     if name == "resized_crop":
         n_top, n_left, n_h, n_w = balanced_counts(k, 4)
@@ -254,11 +288,11 @@ def build_grid(name: str, k: int = 256, interpolation: str = "nearest", elastic_
         op = {"brightness": TF.adjust_brightness, "contrast": TF.adjust_contrast, "saturation": TF.adjust_saturation}[name]
         factors = _linspace(0.25, 5.0, k)
         return TransformGrid(name, tuple(factors), tuple(abs(f - 1.0) < 1e-9 for f in factors),
-                             lambda im, f, g: op(im, f), description="factor linspace(0.25, 5, k); 1 = identity")
+                             partial(_with_factor, op=op), description="factor linspace(0.25, 5, k); 1 = identity")
     if name == "hue":
         shifts = _linspace(-0.5, 0.5, k)
         return TransformGrid(name, tuple(shifts), tuple(abs(h) < 1e-9 for h in shifts),
-                             lambda im, h, g: TF.adjust_hue(im, h), description="hue shift linspace(-0.5, 0.5, k)")
+                             partial(_with_factor, op=TF.adjust_hue), description="hue shift linspace(-0.5, 0.5, k)")
     if name == "blur":
         sigmas = _linspace(1e-5, 20.0, k)
         return TransformGrid(name, tuple(sigmas), tuple(s < 1e-3 for s in sigmas), _blur,
@@ -267,10 +301,10 @@ def build_grid(name: str, k: int = 256, interpolation: str = "nearest", elastic_
     if name == "sharpness":
         factors = _linspace(1.0, 30.0, k)
         return TransformGrid(name, tuple(factors), tuple(abs(f - 1.0) < 1e-9 for f in factors),
-                             lambda im, f, g: TF.adjust_sharpness(im, f), description="factor linspace(1, 30, k)")
+                             partial(_with_factor, op=TF.adjust_sharpness), description="factor linspace(1, 30, k)")
     if name == "posterize":
         return TransformGrid(name, tuple(range(1, 8)), tuple(False for _ in range(7)),
-                             lambda im, b, g: TF.posterize(im, int(b)), description="bits 1..7")
+                             _posterize, description="bits 1..7")
     if name == "elastic":
         alphas = _linspace(*ELASTIC_ALPHA, k)
         params = tuple((a, elastic_seed + j) for j, a in enumerate(alphas))

@@ -126,3 +126,14 @@ def test_grid_description_is_json_ready():
     assert described["n_scored"] == 4
     assert dataclasses.is_dataclass(build_grid("hue", 2))
     assert np.isfinite(build_grid("hue", 3).params).all()
+
+
+def test_every_grid_pickles_for_worker_processes(image):
+    """DataLoader workers start from a fork server and receive the views dataset pickled."""
+    import pickle
+    geometry = ViewGeometry(Preprocessing(input_size=32, resize_size=36))
+    for name in ALL_TRANSFORMS:
+        grid = build_grid(name, 4)
+        restored = pickle.loads(pickle.dumps(grid))
+        for j in range(len(grid.params)):
+            assert torch.equal(restored.view(image, j, geometry), grid.view(image, j, geometry)), name
