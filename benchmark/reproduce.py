@@ -228,8 +228,9 @@ def report_rows(record: ResultRecord, outcome: CellOutcome, arch: str, size: int
     """Fidelity-report rows (one per metric) of one finished run."""
     info = record.protocol.get("dataset", {}).get("info", {})
     resolved = record.protocol.get("resolved", {})
-    base = {"dataset": info.get("flag", record.identity.dataset), "file": None, "md5": None, "arch": arch, "size": size, "source_px": info.get("size"),
-            "seeds": len(resolved.get("seeds", [])) or None, "epochs": record.protocol.get("options", {}).get("epochs"),
+    base = {"dataset": info.get("flag", record.identity.dataset), "file": None, "md5": None, "arch": arch, "size": size,
+            "source_px": info.get("size"), "seeds": len(resolved.get("seeds", [])) or None,
+            "epochs": record.protocol.get("options", {}).get("epochs"),
             "status": outcome.status, "wall_seconds": record.provenance.get("wall_seconds"),
             "record": str(outcome.path)}
     md5 = record.extra.get("md5") if isinstance(record.extra, dict) else None
@@ -311,7 +312,7 @@ def fidelity_markdown(rows: list[dict], left_out: list[dict], tolerance: float =
             "best other (context)": (f"{row['best_other_value']:.3f} {row['best_other_model']}"
                                      if isinstance(row["best_other_model"], str) else ""),
             "note": row["note"] or ""})
-    parts = [f"# MedMNIST v2 fidelity report", "",
+    parts = ["# MedMNIST v2 fidelity report", "",
              f"Ours (the `medmnist-v2` protocol, mean ± sd over seeds) against {MEDMNIST_V2}, {MEDMNIST_V2_TABLE}: "
              f"the same-arch row, and for context the best of the table's other methods. Tolerance {tolerance:.2f}.",
              ""]
