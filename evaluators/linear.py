@@ -11,6 +11,13 @@ Two named protocols (``-o protocol=...``; docs/evaluators.md "Linear probe"):
   it ran on (:mod:`evaluators.linear_parity`): C from 1e6 down to 1e-5, one warm-started
   estimator, ``max_iter=100``, first strictly better val score wins (ties -> the largest C),
   selection on accuracy or mean per-class accuracy, refit from the last path fit.
+
+Multi-label datasets (features.y a 0/1 [N, L] matrix, ChestMNIST): one-vs-rest, i.e. one binary
+``converged`` probe per finding (its own C, chosen on that finding's validation AUROC by default),
+whose positive-class probabilities form the test scores [N, L]; AUC = mean over findings and
+ACC = mean label accuracy at 0.5 (MedMNIST's definitions). ``parity`` (ssl-transfer's single-label
+loop) is refused there; so are the calibration metrics and the per-image prediction side file,
+which are defined for one class per image.
 """
 from __future__ import annotations
 
@@ -20,7 +27,8 @@ import numpy as np
 import torch
 
 from benchmark.calibration import calibration_metrics
-from benchmark.metrics import METRIC_NAMES, classification_metrics, evaluate_with_ci, subgroup_metrics
+from benchmark.features import Features
+from benchmark.metrics import METRIC_NAMES, classification_metrics, evaluate_scores, evaluate_with_ci, subgroup_metrics
 from benchmark.options import AnyOf, Bool, Choice, Float, Int, not_above, validate_options
 from benchmark.predictions import image_predictions
 from evaluators.base import EvalContext, EvalOutput, EvaluatorSpec
@@ -142,6 +150,8 @@ def standardizer(x: np.ndarray):
 def run_linear(context: EvalContext, options: dict) -> EvalOutput:
     options = check_linear_options(options)  # also done by the spec; kept for direct callers
     train, val, test = context.features("train"), context.features("val"), context.features("test")
+    if np.ndim(train.y) == 2:
+        return _run_multilabel(context, options, train, val, test)
     n_classes = context.dataset.num_classes
     primary = context.primary_metric()
     resolved, extra, proba, held_out_val = linear_probe(train, val, test, n_classes, options, primary, context.device)
@@ -157,6 +167,56 @@ def run_linear(context: EvalContext, options: dict) -> EvalOutput:
     return EvalOutput(metrics=metrics, primary_metric=primary, subgroups=subgroups,
                       resolved={**resolved, "n_test": int(len(test.y))}, extra=extra, cost=context.feature_cost(),
                       predictions=image_predictions(test.ids, test.y, proba, context.dataset.subgroups(test.indices)))
+
+
+def multilabel_linear_probe(train: Features, val: Features, test: Features, findings: list[str], options: dict,
+                            device: torch.device) -> tuple[dict, dict, np.ndarray]:
+    """One-vs-rest: a binary ``converged`` probe per finding -> (resolved, extra, test scores [N_test, L]).
+
+    ``*.y`` are 0/1 [N, L]; column ``l`` of the scores is finding ``l``'s positive-class probability.
+    A finding with one class in train or val cannot be fitted or selected: it gets the train
+    prevalence as its score (its AUC is then undefined and left out of the mean) and is listed.
+    """
+    if options["protocol"] == "parity":
+        raise ValueError("linear: protocol=parity is ssl-transfer's single-label probe; multi-label datasets use "
+                         "protocol=converged (one binary probe per finding)")
+
+    def column(features: Features, k: int) -> Features:
+        return Features(features.x, features.y[:, k].astype(np.int64), features.ids, features.groups,
+                        features.indices, features.meta)
+    scores = np.empty((len(test.y), len(findings)))
+    per_finding, unconverged, selection = [], [], "auroc"
+    for k, finding in enumerate(findings):
+        binary_train, binary_val = column(train, k), column(val, k)
+        if len(np.unique(binary_train.y)) < 2 or len(np.unique(binary_val.y)) < 2:
+            scores[:, k] = float(binary_train.y.mean())
+            per_finding.append({"finding": finding, "skipped": "one class in train or val"})
+            log.warning("linear: finding '%s' has one class in train or val; scored by its train prevalence", finding)
+            continue
+        resolved, extra, proba, _ = linear_probe(binary_train, binary_val, column(test, k), 2, options, "auroc", device)
+        scores[:, k] = proba[:, 1]
+        selection = resolved["selection_metric"]
+        unconverged += resolved["unconverged_C"]
+        per_finding.append({"finding": finding, "C": resolved["C"], "converged": resolved["converged"],
+                            "n_iter": resolved["n_iter"], "unconverged_C": resolved["unconverged_C"],
+                            "val_curve": extra["val_curve"]})
+    resolved = {"protocol": "converged", "multilabel": "one-vs-rest: one binary probe per finding",
+                "C": {row["finding"]: row.get("C") for row in per_finding}, "selection_metric": selection,
+                "tie_rule": "smallest C", "unconverged_C": unconverged,
+                "skipped_findings": [row["finding"] for row in per_finding if "skipped" in row],
+                "solver": "whitened L-BFGS (torch, float64)", "max_iter": resolved_max_iter(options),
+                "n_train": int(len(train.y) + (len(val.y) if options["refit_on"] == "train+val" else 0))}
+    return resolved, {"per_finding": per_finding}, scores
+
+
+def _run_multilabel(context: EvalContext, options: dict, train: Features, val: Features, test: Features
+                    ) -> EvalOutput:
+    resolved, extra, scores = multilabel_linear_probe(train, val, test, list(context.dataset.classes), options,
+                                                      context.device)
+    metrics = evaluate_scores(test.y, scores, n_boot=int(options["n_boot"]), seed=context.seed)
+    subgroups = subgroup_metrics(test.y, scores, context.dataset.subgroups(test.indices), seed=context.seed)
+    return EvalOutput(metrics=metrics, primary_metric=context.primary_metric("auroc"), subgroups=subgroups,
+                      resolved={**resolved, "n_test": int(len(test.y))}, extra=extra, cost=context.feature_cost())
 
 
 def linear_probe(train, val, test, n_classes: int, options: dict, primary: str, device: torch.device
@@ -224,4 +284,4 @@ EVALUATORS.add("linear", EvaluatorSpec(
     presets={"quick": {"wd_steps": 23, "n_boot": 500}},
     description="L2 logistic regression on frozen features, C chosen on val; protocol=converged (default: every "
                 "fit converged) or protocol=parity (ssl-transfer/ANTON linear.py exactly)",
-    benchmark_preset="quick", order=10))
+    benchmark_preset="quick", order=10, multilabel=True))

@@ -113,6 +113,41 @@ def test_knn_and_finetune_run_multilabel_through_the_runner(chest_settings):
         runner.run(Cell("tiny-cnn", CHEST, "finetune", preset="quick"))
 
 
+def test_linear_is_one_vs_rest_per_finding(tmp_path: Path):
+    """Finding k is feature k's sign: each finding's own probe is perfect, a mixed-up column would be at chance."""
+    from benchmark.features import Features
+    from evaluators.linear import LINEAR_DEFAULTS, check_linear_options, multilabel_linear_probe
+    rng = np.random.default_rng(0)
+
+    def split(n):
+        y = (rng.random((n, 4)) < 0.4).astype(np.uint8)
+        x = np.concatenate([(2.0 * y - 1) * 3 + rng.normal(size=(n, 4)), rng.normal(size=(n, 4))], axis=1)
+        ids = np.array([f"i{k}" for k in range(n)])
+        return Features(x.astype(np.float32), y, ids, ids, np.arange(n), {})
+    train, val, test = split(80), split(40), split(60)
+    test.y[:, 3] = 0  # a finding with one class in test: left out of the AUC, still fitted
+    options = check_linear_options({**LINEAR_DEFAULTS, "wd_steps": 5})
+    resolved, extra, scores = multilabel_linear_probe(train, val, test, ["a", "b", "c", "d"], options,
+                                                      torch.device("cpu"))
+    assert scores.shape == (60, 4) and set(resolved["C"]) == {"a", "b", "c", "d"}
+    assert resolved["selection_metric"] == "auroc" and [row["finding"] for row in extra["per_finding"]] == list("abcd")
+    for k in range(3):
+        assert roc_auc_score(test.y[:, k], scores[:, k]) > 0.99
+    assert multilabel_metrics(test.y, scores)["auroc"] > 0.99
+    val.y[:, 2] = 1  # one class in val: C cannot be chosen, the finding is scored by its train prevalence
+    resolved, _, scores = multilabel_linear_probe(train, val, test, ["a", "b", "c", "d"], options, torch.device("cpu"))
+    assert resolved["skipped_findings"] == ["c"] and np.allclose(scores[:, 2], train.y[:, 2].mean())
+    with pytest.raises(ValueError, match="protocol=parity is ssl-transfer's single-label probe"):
+        multilabel_linear_probe(train, val, test, list("abcd"), check_linear_options({**options, "protocol": "parity"}),
+                                torch.device("cpu"))
+
+
+def test_linear_runs_multilabel_through_the_runner(chest_settings):
+    record = Runner(chest_settings).run(Cell("tiny-cnn", CHEST, "linear", overrides={"wd_steps": 3, "n_boot": 50})).record
+    assert record.primary_metric == "auroc" and set(record.metrics) == {"auroc", "accuracy"}
+    assert record.protocol["resolved"]["multilabel"].startswith("one-vs-rest") and len(record.extra["per_finding"]) == 14
+
+
 @pytest.mark.parametrize("evaluator", ["fewshot", "kshot-linear", "multiview-invariance"])
 def test_single_label_evaluators_refuse_multilabel_data_in_one_line(chest_settings, evaluator):
     with pytest.raises(ValueError, match=f"'{evaluator}' needs one class per image and 'medmnist:chestmnist' is "
