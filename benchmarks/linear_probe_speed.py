@@ -55,7 +55,7 @@ def synthetic(dim: int, seed: int = 0) -> dict[str, Split]:
     """HAM10000-shaped splits: 7 classes with HAM's priors, pooled-ReLU-like [N, dim] float32 features."""
     rng = np.random.default_rng(seed)
     latent_dim = 64
-    means = rng.normal(size=(7, latent_dim)) * 0.35
+    means = rng.normal(size=(7, latent_dim)) * 0.12
     mix = rng.normal(size=(latent_dim, dim)) / np.sqrt(latent_dim)
     out = {}
     for name, n in HAM_SPLITS.items():
@@ -66,14 +66,16 @@ def synthetic(dim: int, seed: int = 0) -> dict[str, Split]:
     return out
 
 
-def ham_features(root: Path, encoder: str, device: torch.device, cache_dir: Path | None) -> dict[str, Split]:
+def ham_features(root: Path, encoder: str, device: torch.device, cache_dir: Path | None,
+                 image_size: int | None = None) -> dict[str, Split]:
     """The harness's own extraction (and feature cache) of ``encoder`` on HAM10000's splits."""
     from benchmark.runner import Runner, RunSettings
     from evaluators.base import EvalContext, ExtractionSettings
     from pretrained.registry import ENCODERS
 
     results = Path(tempfile.mkdtemp(prefix="linear_probe_speed_"))
-    settings = RunSettings(results_dir=results, extraction=ExtractionSettings(device=device, cache_dir=cache_dir),
+    settings = RunSettings(results_dir=results, extraction=ExtractionSettings(device=device, cache_dir=cache_dir,
+                                                                                   image_size=image_size),
                            roots={"ham10000": root})
     runner = Runner(settings)
     dataset, splits = runner.dataset("ham10000"), runner.splits("ham10000")
@@ -194,6 +196,7 @@ def main() -> None:
     parser.add_argument("--root", type=Path, help="HAM10000 folder: adds real resnet18/50-random features")
     parser.add_argument("--encoders", nargs="+", default=["resnet18-random", "resnet50-random"])
     parser.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default: the harness's)")
+    parser.add_argument("--image-size", type=int, default=None, help="encoder input size override (CPU checks)")
     parser.add_argument("--skip-parity", action="store_true")
     parser.add_argument("--skip-seed-style", action="store_true", help="skip the (slow on CPU) scikit-learn loop")
     parser.add_argument("--cpu-threads", type=int, default=None, help="threads for scikit-learn (default: all)")
@@ -213,7 +216,7 @@ def main() -> None:
         cache = args.cache_dir
         for encoder in args.encoders:
             print(f"HAM10000 {encoder}", flush=True)
-            rows.append(bench(f"HAM10000 {encoder}", ham_features(args.root, encoder, device, cache), device, rate, args))
+            rows.append(bench(f"HAM10000 {encoder}", ham_features(args.root, encoder, device, cache, args.image_size), device, rate, args))
     from tabulate import tabulate
     print()
     print(f"linear probe, 45 C values, {name}:")

@@ -229,6 +229,7 @@ class LogisticProblem:
             self.z = (xc @ self.basis) / self.scale
         self.z = self.z.to(self.dtype)
         self.r = int(lam.numel())
+        self._onehot = torch.nn.functional.one_hot(self.y, self.k).double()  # [N, k]
         self.z_sq: torch.Tensor | None = None  # z ** 2, made on the first preconditioner
 
     # -- coordinates -------------------------------------------------------------------------------
@@ -264,12 +265,10 @@ class LogisticProblem:
         u, c = self._split(theta)
         logits = torch.addmm(c, self.z, u.T).double()
         log_z = torch.logsumexp(logits, dim=1)
-        ce = (log_z - logits.gather(1, self.y[:, None]).squeeze(1)).mean()
+        ce = (log_z - logits.gather(1, self.y[:, None]).squeeze(1)).mean()  # per-sample first: accurate f
         u64 = u.double()
         f = ce + 0.5 * (rho * u64 * u64).sum()
-        g = torch.exp(logits - log_z[:, None])
-        g[torch.arange(self.n, device=self.device), self.y] -= 1.0
-        g /= self.n
+        g = (torch.exp(logits - log_z[:, None]) - self._onehot) / self.n
         gu = (g.to(self.dtype).T @ self.z).double() + rho * u64
         return f, torch.cat([gu.reshape(-1), g.sum(0)]).to(self.dtype)
 

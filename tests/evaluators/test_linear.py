@@ -236,3 +236,17 @@ def test_max_iter_auto_resolves_per_protocol():
     assert resolved_max_iter(dict(LINEAR_DEFAULTS)) == 10_000
     assert resolved_max_iter(dict(LINEAR_DEFAULTS, protocol="parity")) == 100
     assert resolved_max_iter(check_linear_options(dict(LINEAR_DEFAULTS, max_iter="250"))) == 250
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("protocol", ["converged", "parity"])
+def test_cuda_gives_the_cpu_choice_and_predictions(feature_context, protocol):
+    (xtr, ytr), (xva, yva), (xte, yte) = _splits(3, d=24)
+    ctx = feature_context((xtr, ytr), (xva, yva), (xte, yte), 3)
+    split = ctx.features
+    runs = [linear_probe(split("train"), split("val"), split("test"), 3, dict(LINEAR_DEFAULTS, protocol=protocol),
+                         "accuracy", torch.device(device)) for device in ("cpu", "cuda")]
+    (cpu, _, p_cpu, _), (gpu, _, p_gpu, _) = runs
+    assert cpu["C"] == gpu["C"] and gpu["unconverged_C"] == cpu["unconverged_C"]
+    np.testing.assert_array_equal(p_cpu.argmax(1), p_gpu.argmax(1))
+    assert np.abs(p_cpu - p_gpu).max() < 1e-6
