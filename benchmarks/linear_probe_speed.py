@@ -216,7 +216,8 @@ def main() -> None:
         cache = args.cache_dir
         for encoder in args.encoders:
             print(f"HAM10000 {encoder}", flush=True)
-            rows.append(bench(f"HAM10000 {encoder}", ham_features(args.root, encoder, device, cache, args.image_size), device, rate, args))
+            features = ham_features(args.root, encoder, device, cache, args.image_size)
+            rows.append(bench(f"HAM10000 {encoder}", features, device, rate, args))
     from tabulate import tabulate
     print()
     print(f"linear probe, 45 C values, {name}:")

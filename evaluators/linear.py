@@ -109,7 +109,8 @@ def parity_selection_metric(options: dict, primary: str) -> str:
 def select_C(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray, n_classes: int,
              options: dict, selection_metric: str, device: torch.device
              ) -> tuple[float, list[dict], LogisticFit]:
-    """Converged protocol: fit every C (small to large, warm-started) and choose on val.
+    """Converged protocol: fit every C (small to large, warm-started: ``LogisticProblem.fit_path``) and
+    choose on val.
 
     Returns (best C, curve [{C, score, n_iter, converged}] in increasing C, the fit at best C).
     Ties in the val score go to the smallest C (the strongest regularisation).
@@ -118,15 +119,11 @@ def select_C(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y:
                               n_classes)
     val_t = torch.as_tensor(val_x, device=device, dtype=problem.dtype)
     max_iter, tol = resolved_max_iter(options), float(options["tol"])
-    curve, fits, prev = [], [], None
-    for c in sorted(1.0 / wd_grid(options)):
-        fit = problem.fit(float(c), init=prev, max_iter=max_iter, tol=tol)
+    curve, fits = [], []
+    for fit in problem.fit_path(sorted(float(c) for c in 1.0 / wd_grid(options)), max_iter=max_iter, tol=tol):
         score = float(classification_metrics(val_y, fit.predict_proba(val_t), n_classes)[selection_metric])
-        curve.append({"C": float(c), "score": score, "n_iter": fit.n_iter, "converged": fit.converged})
-        if prev is not None:
-            prev.state = None  # its L-BFGS memory now lives on in ``fit``
+        curve.append({"C": fit.C, "score": score, "n_iter": fit.n_iter, "converged": fit.converged})
         fits.append(fit)
-        prev = fit
     finite = [i for i, point in enumerate(curve) if np.isfinite(point["score"])]
     if not finite:
         raise ValueError(f"validation {selection_metric} is undefined for every C; check the validation split")

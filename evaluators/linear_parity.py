@@ -93,7 +93,8 @@ class LegacyMultinomialLR:
         target[torch.arange(n), torch.as_tensor(np.searchsorted(classes, y), device=self.device)] = 1.0
         with threads_for(self.device, n * d * n_rows):
             result = optimize.minimize(legacy_loss_and_grad, w0.ravel(), args=(xt, target, 1.0 / C),
-                                       method="L-BFGS-B", jac=True, options={"gtol": self.tol, "maxiter": self.max_iter})
+                                       method="L-BFGS-B", jac=True,
+                                       options={"gtol": self.tol, "maxiter": self.max_iter})
         self.n_iter_ = min(int(result.nit), self.max_iter)
         self.status_ = int(result.status)
         w = result.x.reshape(n_rows, d + 1)

@@ -27,16 +27,21 @@ that without changing the minimiser:
 3. whitening, ``z = x_c V / sqrt(lambda)`` and ``u = U * sqrt(lambda)``, so the data Gram is the
    identity and the penalty becomes diagonal: ``sum_j ||u_j||^2 / (2 C N lambda_j)``.
 
-In these coordinates the Hessian's diagonal is cheap (``mean_i p_ik (1 - p_ik) z_ij^2 + 1/(C N
-lambda_j)``); its inverse at the start of each fit, with the data part floored, is the L-BFGS
-preconditioner (measured on 6009 x 2048 HAM10000 features: 1310 iterations for 45 C values,
-against 3097 with Boehning's constant bound 1/2 and thousands per C without whitening; refreshing
-it during a fit gained nothing). L-BFGS uses the compact
-representation (a handful of small matrix products per iteration instead of a two-loop
-recursion, which matters on GPUs) and an Armijo backtracking line search (the objective is
-strictly convex, so every curvature pair is valid). Along a C path the fits are warm-started and
-the L-BFGS memory restarts at each C (keeping it, corrected exactly for the new penalty, was
-measured to be much slower: the old pairs describe the previous optimum, not the new path).
+In these coordinates a diagonal Hessian model is cheap: ``mean_i p_i (1 - p_i) z_ij^2`` (averaged
+over the classes, floored) ``+ 1/(C N lambda_j)``; its inverse at the start of each fit is the
+L-BFGS preconditioner (see :func:`_preconditioner`; refreshing it during a fit gained nothing).
+L-BFGS uses the compact representation (a handful of small matrix products per iteration instead
+of a two-loop recursion, which matters on GPUs: launches, not flops, bound it), an Armijo
+backtracking line search (the objective is strictly convex, so every curvature pair is valid) and
+one host synchronisation per trial point. Along a C path (:meth:`LogisticProblem.fit_path`) each
+fit starts from the linear extrapolation in log C of the two previous solutions; the L-BFGS memory
+restarts at each C (keeping it, corrected exactly for the new penalty, was measured to be much
+slower: the old pairs describe the previous optimum, not the new path).
+
+Measured on 6009 x 2048 HAM10000 ResNet-50 features (45 C values, tol 1e-4; CPU): 3097 iterations
+with Boehning's constant bound 1/2 as preconditioner, 1998 with the class-averaged diagonal, 993
+with the extrapolated starts as well; the first torch.optim.LBFGS solver on raw features needed up
+to 1000 iterations per C and still left 9 of 45 fits unconverged.
 
 Binary case (``n_classes == 2``). We use the softmax formulation with one weight row per class.
 sklearn instead fits a single-logit binomial model ``sigmoid(w.x + c)`` with penalty
@@ -64,14 +69,15 @@ import logging
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LogisticFit", "LogisticProblem", "fit_logistic", "regularization_path", "sklearn_equivalent_C", "threads_for"]
+__all__ = ["LogisticFit", "LogisticProblem", "fit_logistic", "regularization_path", "sklearn_equivalent_C",
+           "threads_for"]
 
 MEMORY = 10  # L-BFGS curvature pairs (measured: 10 and 20 need about the same iterations here)
 ARMIJO = 1e-4  # sufficient-decrease constant of the line search
@@ -207,7 +213,7 @@ class LogisticProblem:
 
     @torch.no_grad()
     def _build_basis(self) -> None:
-        """mean [D], basis [D, r] (orthonormal), scale [r] = sqrt(eigenvalue), z [N, r] whitened."""
+        """mean [D], basis [D, r] (orthonormal), scale [r] = sqrt(eigenvalue), z1 [N, r + 1] whitened + 1."""
         x64 = self.x.double()
         self.mean = x64.mean(0)
         xc = x64 - self.mean
@@ -223,18 +229,20 @@ class LogisticProblem:
         if n < d:
             q = q[:, keep]
             self.basis = (xc.T @ q) / (self.scale * math.sqrt(n))
-            self.z = q * math.sqrt(n)
+            z = q * math.sqrt(n)
         else:
             self.basis = v[:, keep]
-            self.z = (xc @ self.basis) / self.scale
-        self.z = self.z.to(self.dtype)
+            z = (xc @ self.basis) / self.scale
         self.r = int(lam.numel())
+        # z1 = [z, 1]: one product gives the logits and one the whole gradient (intercept included)
+        self.z1 = torch.cat([z, torch.ones(n, 1, dtype=z.dtype, device=self.device)], dim=1).to(self.dtype)
         self._onehot = torch.nn.functional.one_hot(self.y, self.k).double()  # [N, k]
-        self.z_sq: torch.Tensor | None = None  # z ** 2, made on the first preconditioner
+        self.z1_sq: torch.Tensor | None = None  # z1 ** 2, made on the first preconditioner
 
-    # -- coordinates -------------------------------------------------------------------------------
+    # -- coordinates: theta is [k, r + 1] row-major, the whitened weights u then the intercept c ----
     def _split(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return theta[: self.k * self.r].view(self.k, self.r), theta[self.k * self.r:]
+        view = theta.view(self.k, self.r + 1)
+        return view[:, : self.r], view[:, self.r]
 
     def _to_original(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Whitened theta -> (W [k, D], b [k]) in float64."""
@@ -247,30 +255,31 @@ class LogisticProblem:
         w, b = w.double(), b.double()
         u = (w @ self.basis) * self.scale
         c = b + w @ self.mean
-        return torch.cat([u.reshape(-1), c]).to(self.dtype)
+        return torch.cat([u, c[:, None]], dim=1).reshape(-1).to(self.dtype)
 
     def _original_grad_max(self, grad: torch.Tensor) -> torch.Tensor:
         """max |grad f| in the original (W, b) coordinates from the whitened gradient (0-dim tensor)."""
         gu, gc = self._split(grad.double())
-        gw = (gu * self.scale) @ self.basis.T + gc[:, None] * self.mean[None, :]
+        gw = torch.addr((gu * self.scale) @ self.basis.T, gc, self.mean)
         return torch.maximum(gw.abs().max(), gc.abs().max()) if gw.numel() else gc.abs().max()
 
     # -- objective in whitened coordinates ---------------------------------------------------------
     def _penalty(self, C: float) -> torch.Tensor:
-        """Per-direction penalty weights rho_j = 1 / (C N lambda_j): [r]."""
-        return (1.0 / (C * self.n)) / (self.scale * self.scale)
+        """Per-entry penalty weights of theta, [k * (r + 1)]: rho_j = 1 / (C N lambda_j), 0 for c."""
+        rho = (1.0 / (C * self.n)) / (self.scale * self.scale)
+        rho = torch.cat([rho, torch.zeros(1, dtype=rho.dtype, device=rho.device)])
+        return rho.repeat(self.k).to(self.dtype)
 
     def _objective(self, theta: torch.Tensor, rho: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """f (float64 0-dim) and its gradient [k * r + k] at whitened theta."""
-        u, c = self._split(theta)
-        logits = torch.addmm(c, self.z, u.T).double()
-        log_z = torch.logsumexp(logits, dim=1)
-        ce = (log_z - logits.gather(1, self.y[:, None]).squeeze(1)).mean()  # per-sample first: accurate f
-        u64 = u.double()
-        f = ce + 0.5 * (rho * u64 * u64).sum()
-        g = (torch.exp(logits - log_z[:, None]) - self._onehot) / self.n
-        gu = (g.to(self.dtype).T @ self.z).double() + rho * u64
-        return f, torch.cat([gu.reshape(-1), g.sum(0)]).to(self.dtype)
+        """f (float64 0-dim) and its gradient [k * (r + 1)] at whitened theta (a few fused kernels)."""
+        view = theta.view(self.k, self.r + 1)
+        logits = (self.z1 @ view.T).double()
+        ce = torch.nn.functional.cross_entropy(logits, self.y)  # per-sample log-sum-exp: accurate f
+        scaled = rho * theta  # penalty gradient
+        f = ce + 0.5 * torch.dot(scaled.double(), theta.double())
+        g = (torch.softmax(logits, dim=1) - self._onehot).to(self.dtype)
+        grad = torch.addmm(scaled.view(self.k, self.r + 1), g.T, self.z1, alpha=1.0 / self.n)
+        return f, grad.reshape(-1)
 
     # -- fitting -----------------------------------------------------------------------------------
     def fit(self, C: float, init: LogisticFit | None = None, max_iter: int = 1000, tol: float = 1e-6) -> LogisticFit:
@@ -303,6 +312,30 @@ class LogisticProblem:
         bias[self.present] = b.to(self.dtype)
         return LogisticFit(weight, bias, float(C), n_iter, converged, grad_norm, float(loss),
                            "gtol" if converged else reason, _SolverState(self._token, theta))
+
+    def fit_path(self, Cs: Sequence[float], max_iter: int = 1000, tol: float = 1e-6) -> Iterator[LogisticFit]:
+        """Fits at increasing ``Cs``, each started from the previous solutions (a predictor step).
+
+        The start is the linear extrapolation in log C of the two previous solutions (measured:
+        558 -> 407 iterations for 45 C on synthderm features, 1998 -> 993 on HAM10000's), the
+        previous solution for the second C. Yields one :class:`LogisticFit` per C.
+        """
+        logs = [math.log(float(c)) for c in Cs]
+        if any(b <= a for a, b in zip(logs, logs[1:])):
+            raise ValueError("fit_path needs strictly increasing C values")
+        prev: LogisticFit | None = None
+        older: torch.Tensor | None = None
+        for i, c in enumerate(Cs):
+            init = prev
+            if prev is not None and older is not None:
+                ratio = (logs[i] - logs[i - 1]) / (logs[i - 1] - logs[i - 2])
+                theta = prev.state.theta + ratio * (prev.state.theta - older)
+                init = LogisticFit(prev.weight, prev.bias, float(c), 0, False, math.nan,
+                                   state=_SolverState(self._token, theta))
+            fit = self.fit(float(c), init=init, max_iter=max_iter, tol=tol)
+            older = prev.state.theta if prev is not None else None
+            yield fit
+            prev = fit
 
     def _initial_theta(self, init: LogisticFit | None) -> torch.Tensor:
         """Whitened start: zeros, the fit's own theta (same problem) or its weights mapped in."""
@@ -403,20 +436,19 @@ def _lbfgs(problem: LogisticProblem, theta: torch.Tensor, rho: torch.Tensor, tol
 
 
 def _preconditioner(problem: LogisticProblem, theta: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
-    """Inverse of the Hessian's diagonal at ``theta`` in whitened coordinates, [k * r + k].
+    """Inverse of a diagonal Hessian model at ``theta`` in whitened coordinates, [k * (r + 1)].
 
-    Data part ``mean_i p_ik (1 - p_ik) z_ij^2`` (z_ij^2 averages to 1: whitened), floored at
-    ``CURVATURE_FLOOR`` (so directions that confident predictions make flat still move), plus the
-    penalty ``rho_j``; intercepts ``mean_i p_ik (1 - p_ik)``.
+    Data part: the Hessian's diagonal ``mean_i p_ik (1 - p_ik) z1_ij^2`` averaged over the classes
+    k (z1's last column is the intercept's 1), floored at ``CURVATURE_FLOOR``; plus the penalty
+    ``rho``. Class-uniform on purpose: the softmax Hessian is nearly singular along "the same change
+    for every class", and a per-class diagonal mixes that direction with well-curved ones (measured:
+    2590 instead of 184 iterations on a 7-C path at tol 1e-9; 505 vs 558 on synthderm at 1e-4).
     """
-    u, c = problem._split(theta)
-    p = torch.softmax(torch.addmm(c, problem.z, u.T).double(), dim=1)
-    w = p * (1.0 - p)  # [N, k]
-    if problem.z_sq is None:
-        problem.z_sq = problem.z.double() ** 2
-    data = (w.T @ problem.z_sq) / problem.n  # [k, r]
-    diag = torch.cat([(data.clamp_min(CURVATURE_FLOOR) + rho).reshape(-1), w.mean(0).clamp_min(CURVATURE_FLOOR)])
-    return (1.0 / diag).to(problem.dtype)
+    p = torch.softmax((problem.z1 @ theta.view(problem.k, problem.r + 1).T).double(), dim=1)
+    if problem.z1_sq is None:
+        problem.z1_sq = problem.z1.double() ** 2
+    data = ((p * (1.0 - p)).mean(1) @ problem.z1_sq) / problem.n  # [r + 1], the class average
+    return (1.0 / (data.clamp_min(CURVATURE_FLOOR).repeat(problem.k) + rho)).to(problem.dtype)
 
 
 def _inverse_hessian_times(s: list[torch.Tensor], y: list[torch.Tensor], precond: torch.Tensor,
@@ -472,7 +504,7 @@ def regularization_path(
     max_iter: int = 1000,
     tol: float = 1e-6,
 ) -> list[tuple[float, float, LogisticFit]]:
-    """Fit along ``Cs`` from smallest to largest C, each fit warm-started from the previous one.
+    """Fit along ``Cs`` from smallest to largest C, warm-started (:meth:`LogisticProblem.fit_path`).
 
     x_train: [N, D], y_train: [N]; x_val: [M, D], y_val: [M]. ``score(y_val [M], proba [M, C])``
     is higher-is-better. Returns ``[(C, val_score, fit), ...]`` in increasing C order; selecting
@@ -484,11 +516,8 @@ def regularization_path(
     y_val_np = y_val.cpu().numpy() if isinstance(y_val, torch.Tensor) else np.asarray(y_val)
     x_val_t = torch.as_tensor(x_val).to(device=problem.device, dtype=problem.dtype)
     results: list[tuple[float, float, LogisticFit]] = []
-    prev: LogisticFit | None = None
-    for c in sorted(float(c) for c in Cs):
-        fit = problem.fit(c, init=prev, max_iter=max_iter, tol=tol)
+    for fit in problem.fit_path(sorted(float(c) for c in Cs), max_iter=max_iter, tol=tol):
         s = float(score(y_val_np, fit.predict_proba(x_val_t)))
-        logger.debug("regularization_path C=%g score=%.6g n_iter=%d converged=%s", c, s, fit.n_iter, fit.converged)
-        results.append((c, s, fit))
-        prev = fit
+        logger.debug("regularization_path C=%g score=%.6g n_iter=%d converged=%s", fit.C, s, fit.n_iter, fit.converged)
+        results.append((fit.C, s, fit))
     return results

@@ -239,14 +239,27 @@ def test_max_iter_auto_resolves_per_protocol():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("protocol", ["converged", "parity"])
-def test_cuda_gives_the_cpu_choice_and_predictions(feature_context, protocol):
+def test_cuda_gives_the_cpu_choice_and_predictions(feature_context):
     (xtr, ytr), (xva, yva), (xte, yte) = _splits(3, d=24)
     ctx = feature_context((xtr, ytr), (xva, yva), (xte, yte), 3)
     split = ctx.features
-    runs = [linear_probe(split("train"), split("val"), split("test"), 3, dict(LINEAR_DEFAULTS, protocol=protocol),
-                         "accuracy", torch.device(device)) for device in ("cpu", "cuda")]
+    runs = [linear_probe(split("train"), split("val"), split("test"), 3, dict(LINEAR_DEFAULTS), "accuracy",
+                         torch.device(device)) for device in ("cpu", "cuda")]
     (cpu, _, p_cpu, _), (gpu, _, p_gpu, _) = runs
-    assert cpu["C"] == gpu["C"] and gpu["unconverged_C"] == cpu["unconverged_C"]
+    assert cpu["C"] == gpu["C"] and gpu["unconverged_C"] == cpu["unconverged_C"] == []
     np.testing.assert_array_equal(p_cpu.argmax(1), p_gpu.argmax(1))
     assert np.abs(p_cpu - p_gpu).max() < 1e-6
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_legacy_arithmetic_equals_cpu():
+    # parity's fits stop at max_iter=100 far from the optimum, where summation-order differences
+    # between devices can change the path (as between any two machines running ssl-transfer); the
+    # function they minimise is the same to rounding
+    (x, y), _, _ = _splits(3, d=24)
+    w = np.random.default_rng(4).normal(size=3 * 25)
+    target = torch.nn.functional.one_hot(torch.as_tensor(y), 3).double()
+    cpu = legacy_loss_and_grad(w, torch.as_tensor(x, dtype=torch.float64), target, 0.5)
+    gpu = legacy_loss_and_grad(w, torch.as_tensor(x, dtype=torch.float64).cuda(), target.cuda(), 0.5)
+    assert gpu[0] == pytest.approx(cpu[0], rel=1e-12)
+    np.testing.assert_allclose(gpu[1], cpu[1], rtol=1e-10, atol=1e-10)
