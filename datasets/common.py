@@ -102,6 +102,8 @@ class ImageIndex:
         self._by_rel: dict[str, Path] = {}
         for folder in self.folders:
             for dirpath, _, filenames in os.walk(folder):
+                relative_dir = os.path.relpath(dirpath, folder).replace(os.sep, "/").lower()
+                relative_dir = "" if relative_dir == "." else relative_dir + "/"
                 for filename in filenames:
                     if filename.startswith("._"):  # macOS resource forks in zips
                         continue
@@ -111,7 +113,7 @@ class ImageIndex:
                     stem, suffix = os.path.splitext(lower)
                     if suffix in IMAGE_SUFFIXES:
                         self._by_stem.setdefault(stem, []).append(path)
-                    self._by_rel[str(path.relative_to(folder)).replace(os.sep, "/").lower()] = path
+                    self._by_rel[relative_dir + lower] = path
 
     def __len__(self) -> int:
         return len(self._by_rel)

@@ -113,6 +113,7 @@ def select_C(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y:
     choose on val.
 
     Returns (best C, curve [{C, score, n_iter, converged}] in increasing C, the fit at best C).
+    A grid that repeats a value (``wd_min_exp == wd_max_exp``) fits it once.
     Ties in the val score go to the smallest C (the strongest regularisation).
     """
     problem = LogisticProblem(torch.as_tensor(train_x, device=device), torch.as_tensor(train_y, device=device),
@@ -120,7 +121,7 @@ def select_C(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y:
     val_t = torch.as_tensor(val_x, device=device, dtype=problem.dtype)
     max_iter, tol = resolved_max_iter(options), float(options["tol"])
     curve, fits = [], []
-    for fit in problem.fit_path(sorted(float(c) for c in 1.0 / wd_grid(options)), max_iter=max_iter, tol=tol):
+    for fit in problem.fit_path(sorted({float(c) for c in 1.0 / wd_grid(options)}), max_iter=max_iter, tol=tol):
         score = float(classification_metrics(val_y, fit.predict_proba(val_t), n_classes)[selection_metric])
         curve.append({"C": fit.C, "score": score, "n_iter": fit.n_iter, "converged": fit.converged})
         fits.append(fit)

@@ -48,6 +48,7 @@ def grid(tmp_path, session_tmp):
     for render in (Path(session_tmp) / "cache" / "synthderm").glob("*_n100_s16.npz"):
         shutil.copy(render, cache / "synthderm")  # the children read the renders, never render
     args = ["benchmark", "--evaluator", "knn", "--image-size", "16", "--batch-size", "16", "--workers", "0",
+            "--device", "cpu",  # the children are forked: CUDA, if the parent started it, cannot be used there
             "--results", str(tmp_path / "results"), "--cache-dir", str(cache)]
     args += [a for name in ENCODER_NAMES for a in ("--model", name)]
     args += [a for name in DATASET_NAMES for a in ("--dataset", name)]

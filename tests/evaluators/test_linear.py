@@ -189,6 +189,14 @@ def test_parity_ties_go_to_the_largest_C_and_converged_ties_to_the_smallest(feat
     assert all(p["converged"] for p in curve)
 
 
+def test_a_grid_of_one_repeated_value_fits_it_once(feature_context):
+    # found by the options property test: wd_min_exp == wd_max_exp with wd_steps > 1 is a valid grid
+    (xtr, ytr), (xva, yva), (xte, yte) = _splits(3, d=8)
+    ctx = feature_context((xtr, ytr), (xva, yva), (xte, yte), 3)
+    out = run_linear(ctx, dict(LINEAR_DEFAULTS, wd_min_exp=0.0, wd_max_exp=0.0, wd_steps=3, n_boot=5))
+    assert out.resolved["C"] == 1.0 and [p["C"] for p in out.extra["val_curve"]] == [1.0]
+
+
 def test_parity_cs_are_ssl_transfers_float32_grid():
     cs = parity_cs(-6, 5, 45)
     assert cs == [1. / wd.item() for wd in torch.logspace(-6, 5, 45)]
