@@ -109,6 +109,7 @@ def _long_rows(records: list[ResultRecord]) -> pd.DataFrame:
             "git_commit": provenance.get("git_commit"), **calibration,
             "temperature": record.metrics.get("ece_temperature_scaled", {}).get("temperature"),
             "unconverged_fits": _unconverged_fits(record),
+            "tol_limited_choice": _tol_limited_choice(record),
         })
     return pd.DataFrame(rows)
 
@@ -117,6 +118,16 @@ def _unconverged_fits(record: ResultRecord) -> int:
     """Solver fits the record says stopped before converging (linear: C values; k-shot: a count)."""
     resolved = record.protocol.get("resolved") or {}
     return len(resolved.get("unconverged_C") or []) + int(resolved.get("unconverged_fits") or 0)
+
+
+def _tol_limited_choice(record: ResultRecord) -> bool:
+    """The linear probe's chosen C is one whose fit met ``tol`` where it started (the previous C's
+    solution, unchanged: ``resolved.tol_limited_C``), so its score reflects the path more than C."""
+    resolved = record.protocol.get("resolved") or {}
+    chosen, limited = resolved.get("C"), resolved.get("tol_limited_C") or []
+    if not isinstance(chosen, (int, float)) or isinstance(chosen, bool):
+        return False
+    return any(isinstance(c, (int, float)) and math.isclose(chosen, c, rel_tol=1e-9) for c in limited)
 
 
 def build_leaderboard(results_dir: Path, seed: int = 0) -> Leaderboard:
@@ -130,6 +141,10 @@ def build_leaderboard(results_dir: Path, seed: int = 0) -> Leaderboard:
     if (long["unconverged_fits"] > 0).any():
         notes.append("§: the record lists logistic-regression fits that stopped before converging "
                      "(protocol.resolved.unconverged_C; k-shot linear: unconverged_fits)")
+    if long["tol_limited_choice"].any():
+        notes.append("‡: the chosen C's fit met tol where it started, i.e. it is the previous C's solution "
+                     "(protocol.resolved.tol_limited_C): the choice among such C values reflects the warm-start path "
+                     "more than C; -o tol=1e-8 pins every C's minimiser down (docs/evaluators.md, linear probe)")
     # a column is (dataset, protocol); several protocols for one dataset become several columns
     long["column"] = long["dataset"]
     for (evaluator, variant, dataset), group in long.groupby(["evaluator", "variant", "dataset"]):
@@ -208,6 +223,7 @@ def _display_table(part: pd.DataFrame) -> pd.DataFrame:
             unpaired = "" if item["paired"] or (part["column"] == column).sum() < 2 else "†"
             row[column] = f"{cell} (#{int(item['rank'])}{unpaired})" if not math.isnan(item["rank"]) else cell
             row[column] += " §" if item.get("unconverged_fits", 0) else ""
+            row[column] += " ‡" if item.get("tol_limited_choice", False) else ""
         row["mean rank"] = round(float(group["rank"].mean()), 2)
         ips = pd.to_numeric(group["images_per_second"], errors="coerce")
         row["images/s"] = f"{ips.mean():.1f}" if ips.notna().any() else ""

@@ -20,8 +20,8 @@ binomially and keeps float32 inputs in float32; with ``max_iter = 100`` those st
 :class:`LegacyMultinomialLR` reproduces the 2020 arithmetic exactly (the same scipy optimiser on
 the same function; only the floating-point summation order of the loss and gradient can differ,
 which is true of any two machines). The loss and gradient are evaluated with torch on the run's
-device, so the protocol also runs on a GPU. docs/evaluators.md ("Linear probe: parity") has the
-measured difference to "their code with today's scikit-learn".
+device, so the protocol also runs on a GPU. docs/evaluators.md ("Linear probe", `protocol=parity`) says
+what differs from running their code on today's scikit-learn.
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ which is the function today's sklearn hands to scipy's L-BFGS-B, so the toleranc
 sklearn's meaning: a fit has converged when ``max |grad f(W, b)| <= tol``. That test is always made
 in these original coordinates (and finally on the original features themselves).
 
-How it is solved (docs/evaluators.md, "Linear probe: solver", has the measurements behind it).
+How it is solved (docs/evaluators.md, "Linear probe", section "Solver", has the measurements behind it).
 Raw pooled features are strongly correlated (condition numbers of 1e7-1e9 are usual), which is
 what makes plain L-BFGS on them need thousands of iterations. An exact change of variables removes
 that without changing the minimiser:

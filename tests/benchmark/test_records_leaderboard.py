@@ -133,3 +133,16 @@ def test_cells_with_unconverged_fits_are_marked(tmp_path):
     assert rows.loc["b", cell].endswith(" §") and not rows.loc["a", cell].endswith("§")
     assert any(note.startswith("§") for note in board.notes)
     assert board.long.set_index("encoder").loc["b", "unconverged_fits"] == 2
+
+
+def test_a_chosen_C_whose_fit_was_tol_limited_is_marked(tmp_path):
+    def protocol(limited):
+        return {"evaluator": "linear", "resolved": {"C": 31.622776601683793, "unconverged_C": [],
+                                                    "tol_limited_C": limited}}
+    write_record(_record("a", 0.5, protocol=protocol([1000.0])), tmp_path)
+    write_record(_record("b", 0.4, protocol=protocol([31.622776601683793, 1000.0])), tmp_path)
+    board = build_leaderboard(tmp_path)
+    rows = board.tables[0][1].set_index("encoder")
+    cell = [c for c in rows.columns if c.startswith("synthderm")][0]
+    assert rows.loc["b", cell].endswith(" ‡") and "‡" not in rows.loc["a", cell]
+    assert any(note.startswith("‡") for note in board.notes)
