@@ -26,7 +26,8 @@ from benchmark.predictions import fingerprint_of, image_predictions
 from benchmark.records import metric, write_json_atomic
 from evaluators.base import EvalContext, EvalOutput, EvaluatorSpec
 from benchmark.options import Int, ListOf, member_of
-from evaluators.linear import LINEAR_DEFAULTS, LINEAR_RULES, LINEAR_SCHEMA, resolved_max_iter, select_C, standardizer
+from evaluators.linear import (CONVERGED_SOLVER, LINEAR_DEFAULTS, LINEAR_RULES, LINEAR_SCHEMA, converged_cs,
+                               resolved_max_iter, select_C, standardizer)
 from evaluators.registry import EVALUATORS
 
 log = logging.getLogger(__name__)
@@ -149,9 +150,9 @@ def _run(context: EvalContext, options: dict) -> EvalOutput:
         resolved={"primary_k": primary_k, "ks": feasible, "skipped_ks": skipped, "seeds": int(options["seeds"]),
                   "selection_metric": selection, "support_pool": "train", "c_selection_on": "val",
                   "refit_on": "support", "tie_rule": "smallest C", "protocol": "converged",
-                  "max_iter": resolved_max_iter(options), "solver": "whitened L-BFGS (torch, float64)"},
+                  "max_iter": resolved_max_iter(options), "solver": CONVERGED_SOLVER},
         extra={"C_per_k": {str(k): chosen[k] for k in feasible},
-               "n_fits": int(options["seeds"]) * len(feasible) * int(options["wd_steps"]),
+               "n_fits": int(options["seeds"]) * len(feasible) * len(converged_cs(options)),
                "support_file": str(context.artifacts_dir / "supports.json")},
         cost=context.feature_cost(),
         predictions=image_predictions(test.ids, test.y, np.stack(probabilities[primary_k]),

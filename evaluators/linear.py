@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 PROTOCOLS = ("converged", "parity")
 CONVERGED_MAX_ITER = 10_000  # a safety cap: the whitened solver needs tens to hundreds of iterations per C
 PARITY_MAX_ITER = 100  # scikit-learn's default, which ssl-transfer used
+CONVERGED_SOLVER = "whitened L-BFGS (torch, float64)"  # recorded as resolved.solver
 
 LINEAR_DEFAULTS = {
     "protocol": "converged",
@@ -56,6 +57,11 @@ LINEAR_DEFAULTS = {
 
 def wd_grid(options: dict) -> np.ndarray:
     return np.logspace(options["wd_min_exp"], options["wd_max_exp"], int(options["wd_steps"]))
+
+
+def converged_cs(options: dict) -> list[float]:
+    """The converged protocol's C values, increasing, each once (a grid may repeat a value)."""
+    return sorted({float(c) for c in 1.0 / wd_grid(options)})
 
 
 def resolved_max_iter(options: dict) -> int:
@@ -121,7 +127,7 @@ def select_C(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y:
     val_t = torch.as_tensor(val_x, device=device, dtype=problem.dtype)
     max_iter, tol = resolved_max_iter(options), float(options["tol"])
     curve, fits = [], []
-    for fit in problem.fit_path(sorted({float(c) for c in 1.0 / wd_grid(options)}), max_iter=max_iter, tol=tol):
+    for fit in problem.fit_path(converged_cs(options), max_iter=max_iter, tol=tol):
         score = float(classification_metrics(val_y, fit.predict_proba(val_t), n_classes)[selection_metric])
         curve.append({"C": fit.C, "score": score, "n_iter": fit.n_iter, "converged": fit.converged})
         fits.append(fit)
@@ -202,7 +208,7 @@ def multilabel_linear_probe(train: Features, val: Features, test: Features, find
                 "C": {row["finding"]: row.get("C") for row in per_finding}, "selection_metric": selection,
                 "tie_rule": "smallest C", "unconverged_C": unconverged,
                 "skipped_findings": [row["finding"] for row in per_finding if "skipped" in row],
-                "solver": "whitened L-BFGS (torch, float64)", "max_iter": resolved_max_iter(options),
+                "solver": CONVERGED_SOLVER, "max_iter": resolved_max_iter(options),
                 "n_train": int(len(train.y) + (len(val.y) if options["refit_on"] == "train+val" else 0))}
     return resolved, {"per_finding": per_finding}, scores
 
@@ -249,7 +255,7 @@ def _run_converged(train, val, test, n_classes: int, options: dict, primary: str
                 "max_iter": resolved_max_iter(options), "unconverged_C": unconverged,
                 # the previous C's solution already met tol here: such scores say more about the path than C
                 "tol_limited_C": [point["C"] for point in curve[1:] if point["n_iter"] == 0],
-                "solver": "whitened L-BFGS (torch, float64)", "n_train": int(len(refit_y))}
+                "solver": CONVERGED_SOLVER, "n_train": int(len(refit_y))}
     extra = {"val_curve": curve, "refit": {"n_iter": fit.n_iter, "grad_norm": fit.grad_norm, "reason": fit.reason}}
     return resolved, extra, proba, held_out_val
 
