@@ -110,7 +110,8 @@ def common_run_options(func: Callable) -> Callable:
         click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
                      help="Weights file for --model local:ARCH (any torchvision or timm:NAME architecture)."),
         click.option("--key-prefix", default="", help="Backbone key prefix in --checkpoint, e.g. module.encoder_q."),
-        click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True, help="Extraction batch size."),
+        click.option("--batch-size", type=click.IntRange(1), default=None,
+                     help="Extraction batch size (default: 256 on CUDA, 64 on the CPU)."),
         click.option("--workers", type=click.IntRange(0), default=None,
                      help="Image decoding threads / DataLoader workers (default: cores - 1, max 8)."),
         click.option("--decode", type=click.Choice(["auto", "pil", "nvjpeg"]), default="auto", show_default=True,
@@ -159,7 +160,7 @@ def _settings(results_dir: Path, cache_dir: Path | None, no_cache: bool, device:
               trust_checkpoint: bool, batch_size: int, workers: int | None, image_size: int | None, seed: int,
               split_file: Path | None, overwrite: bool, roots: dict[str, Path], dataset_options: dict[str, dict],
               write: bool = True, decode: str = "auto", compile_encoder: bool = False):
-    from benchmark.device import resolve_device
+    from benchmark.device import default_batch_size, resolve_device
     from benchmark.features import default_cache_dir
     from benchmark.runner import RunSettings
     from evaluators.base import ExtractionSettings
@@ -178,7 +179,8 @@ def _settings(results_dir: Path, cache_dir: Path | None, no_cache: bool, device:
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--decode") from None
     extraction = ExtractionSettings(device=torch_device, cache_dir=None if no_cache else (cache_dir or default_cache_dir()),
-                                    batch_size=batch_size, num_workers=workers, image_size=image_size or None,
+                                    batch_size=batch_size or default_batch_size(torch_device), num_workers=workers,
+                                    image_size=image_size or None,
                                     decode=decode, compile=compile_encoder)
     return RunSettings(results_dir=results_dir, extraction=extraction,
                        load_options=LoadOptions(weights_dir=str(weights_dir) if weights_dir else None,

@@ -51,6 +51,10 @@ log = logging.getLogger(__name__)
 
 DECODE_CHOICES = ("auto", "pil", "nvjpeg")
 PREFETCH_BATCHES = 2
+# threads reading + sniffing the JPEG files nvjpeg decodes: more threads contend for the GIL with the
+# decoding and forward threads (H200, HAM10000, R50: 15 threads 7.4k images/s cold, 1-2 threads 10.8k;
+# benchmarks/cold_path_breakdown.py, docs/speed.md); 2 rather than 1 for file systems with slow opens
+READER_THREADS = 2
 MAX_DECODE_PIXELS = 256 << 20  # pixels per nvjpeg call (uint8 RGB: 768 MiB of device memory)
 MAX_RESIZE_PIXELS = 96 << 20  # source pixels per resize call (float32 RGB: 1.1 GiB)
 
@@ -100,6 +104,9 @@ class ImageBatches:
     def __init__(self, dataset: ImageDataset, rows: np.ndarray, preprocessing: Preprocessing, *,
                  device: torch.device, batch_size: int, workers: int, decode: str = "pil",
                  cache_dir: Path | None = None):
+        if decode not in ("pil", "nvjpeg"):
+            raise ValueError(f"ImageBatches decodes with 'pil' or 'nvjpeg', got {decode!r} (resolve 'auto' "
+                             "with resolve_decode first)")
         self.dataset, self.rows, self.preprocessing = dataset, np.asarray(rows, dtype=np.int64), preprocessing
         self.device, self.batch_size, self.workers, self.decode = device, int(batch_size), int(workers), decode
         self.cache_dir = cache_dir
@@ -173,7 +180,7 @@ class ImageBatches:
                     for ahead in (start, start + self.batch_size):
                         if ahead < len(self.rows) and ahead not in reads:
                             rows_ahead = self.rows[ahead:ahead + self.batch_size]
-                            step = -(-len(rows_ahead) // self.workers)
+                            step = -(-len(rows_ahead) // max(1, min(self.workers, READER_THREADS)))
                             reads[ahead] = [pool.submit(self._read_files, rows_ahead[i:i + step])
                                             for i in range(0, len(rows_ahead), step)]
                     files = [item for future in reads.pop(start) for item in future.result()]

@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmark.device import autocast_dtype  # noqa: E402
 from benchmark.features import compiled_encoder, extract_features  # noqa: E402
-from benchmark.image_batches import ImageBatches, nvjpeg_available, wait_for_decoded_writes  # noqa: E402
+from benchmark.image_batches import ImageBatches, nvjpeg_available, resolve_decode, wait_for_decoded_writes  # noqa: E402
 from benchmark.workers import start_worker_server  # noqa: E402
 from datasets.base import FileImageDataset, ImageDataset  # noqa: E402
 from pretrained.encoder import Encoder, LoadOptions  # noqa: E402
@@ -152,7 +152,7 @@ def decode_rates(dataset: FileImageDataset, encoder: Encoder, device: torch.devi
 def data_path_rate(dataset: ImageDataset, encoder: Encoder, device: torch.device, batch: int, workers: int) -> float:
     """Images/s of :class:`ImageBatches` alone (files read, decoded and resized on the device; no forward)."""
     batches = ImageBatches(dataset, np.arange(len(dataset)), encoder.preprocessing, device=device,
-                           batch_size=batch, workers=workers, decode="auto", cache_dir=None)
+                           batch_size=batch, workers=workers, decode=resolve_decode("auto", device), cache_dir=None)
     sync(device)
     start = time.perf_counter()
     for _, pixels in batches:

@@ -146,6 +146,7 @@ def seed_style(splits: dict[str, Split], threads: int | None) -> tuple[float, fl
             score = 100.0 * clf.score(val.x, val.y)
             if score > best_score:
                 best_score, best_C = score, C
+            print(f"    seed-style C={C:.3g}: {time.perf_counter() - start:.1f} s so far", flush=True)
         clf.set_params(C=best_C)
         clf.fit(np.concatenate([train.x, val.x]), np.concatenate([train.y, val.y]))
         seconds = time.perf_counter() - start

@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 
-from benchmark.image_batches import FullImages
+from benchmark.image_batches import READER_THREADS, FullImages
 from datasets.base import ImageDataset
 from pretrained.preprocessing import Preprocessing
 
@@ -103,7 +103,7 @@ class AugmentedImages(Dataset):
 class DeviceAugmentedImages:
     """:class:`AugmentedImages` on the training device: ``batches(sampler)`` -> (input [B, 3, S, S], targets).
 
-    Files are read one batch ahead in ``workers`` threads, decoded by nvjpeg (PIL for files it does
+    Files are read one batch ahead in up to ``READER_THREADS`` threads, decoded by nvjpeg (PIL for files it does
     not take), and augmented in the calling thread (the only one that touches torch's global RNG,
     which ``seeded`` reseeds per image).
     """
@@ -114,7 +114,7 @@ class DeviceAugmentedImages:
         self.to_input = network_input(preprocessing, size)
         self.labels = dataset.targets
         self.images = FullImages(dataset, device)
-        self.workers = max(1, int(workers))
+        self.workers = max(1, min(int(workers), READER_THREADS))  # more reader threads only contend (docs/speed.md)
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from scipy import optimize
-from sklearn.metrics import confusion_matrix
 
 from evaluators.linear_solver import threads_for
 
@@ -151,6 +150,7 @@ class LegacyMultinomialLR:
         if metric == "accuracy":
             return 100.0 * float(np.mean(pred == y))
         if metric == "mean_per_class_accuracy":
+            from sklearn.metrics import confusion_matrix  # here: a CLI run that never needs it does not import sklearn
             cm = confusion_matrix(y, pred)
             with np.errstate(invalid="ignore", divide="ignore"):
                 return 100.0 * float((cm.diagonal() / cm.sum(axis=1)).mean())

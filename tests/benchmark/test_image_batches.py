@@ -173,3 +173,11 @@ def test_data_loader_workers_start_from_the_fork_server():
     assert loader.multiprocessing_context.get_start_method() == START_METHOD == "forkserver"
     assert torch.cat(list(loader)).tolist() == [0, 1, 4, 9, 16, 25]
     assert data_loader(_Squares(), num_workers=0).multiprocessing_context is None
+
+
+def test_the_decoder_must_be_resolved_first():
+    """'auto' is resolved by resolve_decode (cli, extract_features); ImageBatches refuses it rather than guess."""
+    table = pd.DataFrame({"image_id": ["a"], "label": [0], "group": ["a"]})
+    dataset = ArrayImageDataset("arr", table, ["x"], np.zeros((1, 8, 8, 3), dtype=np.uint8))
+    with pytest.raises(ValueError, match="resolve_decode"):
+        ImageBatches(dataset, np.arange(1), PRE, device=torch.device("cpu"), batch_size=1, workers=0, decode="auto")
