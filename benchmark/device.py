@@ -27,6 +27,20 @@ def default_workers() -> int:
     return 0 if cores <= 2 else min(8, cores - 1)
 
 
+def conv_memory_format(module: torch.nn.Module, device: torch.device) -> torch.memory_format:
+    """Memory format of ``module``'s weights and input images: channels_last (faster convolutions), except on
+    CUDA for networks with grouped (depthwise) convolutions, which stay NCHW.
+
+    cuDNN builds a plan the first time it meets a convolution shape in a process; for EfficientNet-Lite0's
+    depthwise convolutions in bf16 channels_last that took 2.6-5.1 s per forward shape and 15.9 s for the first
+    training step on an H200, against 0.15-0.50 s and 0.53 s in NCHW; steady-state training is no slower in NCHW
+    (benchmarks/first_call_cost.py, docs/speed.md).
+    """
+    if device.type == "cuda" and any(isinstance(m, torch.nn.Conv2d) and m.groups > 1 for m in module.modules()):
+        return torch.contiguous_format
+    return torch.channels_last
+
+
 def default_batch_size(device: torch.device) -> int:
     """Feature-extraction batch: 256 on CUDA (ResNet-50 bf16 on an H200: 15.5k images/s against 13.3k
     at 64, docs/speed.md), 64 on the CPU (no gain from larger batches, less memory)."""

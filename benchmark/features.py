@@ -24,7 +24,7 @@ import torch
 from benchmark import distributed
 from benchmark.atomic import atomic_write
 from benchmark.cache import CACHE_ENV, default_cache_dir  # noqa: F401  (re-exported: callers import them from here)
-from benchmark.device import autocast_dtype, default_workers
+from benchmark.device import autocast_dtype, conv_memory_format, default_workers
 from benchmark.image_batches import ImageBatches, resolve_decode
 from datasets.base import DatasetError, ImageDataset
 from pretrained.encoder import Encoder
@@ -102,9 +102,10 @@ def extract_features(encoder: Encoder, dataset: ImageDataset, indices: np.ndarra
     """Pooled features [N, D] of ``dataset`` rows ``indices`` (all rows by default), cached on disk.
 
     Runs the encoder in eval mode under ``inference_mode``; on CUDA with bf16 autocast and
-    channels_last. Images come as uint8 batches from :class:`benchmark.image_batches.ImageBatches`
-    (decoded-image cache, nvjpeg on the GPU, or PIL in ``num_workers`` threads; ``decode`` picks,
-    "auto" = nvjpeg on CUDA) and are normalised on the device. ``compile`` runs the encoder through
+    channels_last (NCHW for networks with depthwise convolutions, ``conv_memory_format``). Images come
+    as uint8 batches from :class:`benchmark.image_batches.ImageBatches` (decoded-image cache, nvjpeg
+    on the GPU, or PIL in ``num_workers`` threads; ``decode`` picks, "auto" = nvjpeg on CUDA) and are
+    normalised on the device. ``compile`` runs the encoder through
     ``torch.compile`` (the last batch is padded to the batch size so one graph serves all). An
     unreadable image stops extraction with a message naming the file. Under torchrun the images are
     sharded over ranks (strided) and gathered on every rank; only rank 0 writes the cache.
@@ -170,8 +171,9 @@ def _run_encoder(encoder: Encoder, batches: ImageBatches, device: torch.device, 
     was_training = encoder.training
     encoder.eval().to(device)
     cuda = device.type == "cuda"
-    if cuda:
-        encoder.to(memory_format=torch.channels_last)
+    memory_format = conv_memory_format(encoder, device) if cuda else None
+    if memory_format is not None:
+        encoder.to(memory_format=memory_format)
     network = compiled_encoder(encoder) if compile else encoder
     dtype = autocast_dtype(device)
     n, dim = len(batches.rows), encoder.feature_dim
@@ -185,8 +187,8 @@ def _run_encoder(encoder: Encoder, batches: ImageBatches, device: torch.device, 
                 x = preprocessing.input_from_uint8(pixels)
                 if compile and count < batches.batch_size:  # one static shape: pad the last batch
                     x = torch.cat([x, x.new_zeros((batches.batch_size - count, *x.shape[1:]))])
-                if cuda:
-                    x = x.contiguous(memory_format=torch.channels_last)
+                if memory_format is not None:
+                    x = x.contiguous(memory_format=memory_format)
                 tick = time.perf_counter()
                 with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                     features = network(x)

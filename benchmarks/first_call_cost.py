@@ -4,8 +4,8 @@
     python benchmarks/first_call_cost.py --device cuda --encoders efficientnet-lite0 resnet18-random
 
 The main job's first cells of an encoder took much longer than later cells with the same shapes
-(docs/speed.md). For each encoder (bf16 autocast + channels_last on CUDA, the extraction's and
-fine-tuning's settings) this times, in order, eval forwards at batch ``--batch`` (first, second),
+(docs/speed.md). For each encoder (by default bf16 autocast + channels_last on CUDA, the extraction's
+and fine-tuning's settings; ``--memory-format``, ``--precision``, ``--no-cudnn`` try others) this times, in order, eval forwards at batch ``--batch`` (first, second),
 at the remainder batch ``--tail`` (first, second), then SGD training steps (forward + backward)
 at ``--train-batch`` (first, second, and the tenth); one table comes last.
 """
@@ -43,9 +43,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--tail", type=int, default=11)
     parser.add_argument("--train-batch", type=int, default=16)
+    parser.add_argument("--memory-format", choices=["channels_last", "contiguous"], default="channels_last")
+    parser.add_argument("--precision", choices=["auto", "fp32"], default="auto", help="auto: bf16 autocast on CUDA")
+    parser.add_argument("--no-cudnn", action="store_true", help="torch.backends.cudnn.enabled = False")
     args = parser.parse_args()
     device = torch.device(args.device)
-    dtype = autocast_dtype(device)
+    dtype = autocast_dtype(device) if args.precision == "auto" else None
+    memory_format = torch.channels_last if args.memory_format == "channels_last" else torch.contiguous_format
+    if args.no_cudnn:
+        torch.backends.cudnn.enabled = False
     rows = []
     for name in args.encoders:
         start = time.perf_counter()
@@ -53,10 +59,10 @@ def main() -> None:
         build = time.perf_counter() - start
         encoder.eval().to(device)
         if device.type == "cuda":
-            encoder.to(memory_format=torch.channels_last)
+            encoder.to(memory_format=memory_format)
 
         def forward(n: int) -> None:
-            x = torch.randn(n, 3, args.size, args.size, device=device).contiguous(memory_format=torch.channels_last)
+            x = torch.randn(n, 3, args.size, args.size, device=device).contiguous(memory_format=memory_format)
             with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 encoder(x)
 
@@ -71,7 +77,7 @@ def main() -> None:
 
         def step() -> None:
             x = torch.randn(args.train_batch, 3, args.size, args.size, device=device)
-            x = x.contiguous(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=memory_format)
             y = torch.randint(0, 7, (args.train_batch,), device=device)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 loss = torch.nn.functional.cross_entropy(head(encoder(x)).float(), y)
@@ -87,7 +93,7 @@ def main() -> None:
         rows.append(row)
         print(row, flush=True)
     from tabulate import tabulate
-    print(f"\n{args.size} px, device {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, "
+    print(f"\n{args.memory_format}, precision {args.precision}, cudnn {'off' if args.no_cudnn else 'on'}; {args.size} px, device {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, "
           f"torch {torch.__version__}, cudnn {torch.backends.cudnn.version()}")
     print(tabulate([{k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows],
                    headers="keys", tablefmt="github"))

@@ -46,7 +46,7 @@ from torch import nn
 from benchmark import distributed
 from benchmark.atomic import atomic_torch_save
 from benchmark.calibration import calibration_metrics
-from benchmark.device import autocast_dtype, default_workers
+from benchmark.device import autocast_dtype, conv_memory_format, default_workers
 from benchmark.image_batches import ImageBatches, resolve_decode, takes_files_as_images
 from benchmark.metrics import METRIC_NAMES, MULTILABEL_METRIC_NAMES, evaluate_scores, point_metrics, subgroup_metrics
 from benchmark.options import AnyOf, Bool, Choice, Float, Int, ListOf, exactly_one
@@ -186,7 +186,7 @@ class EvalBatches:
 def _forward(model: nn.Module, x: torch.Tensor, device: torch.device, amp: bool) -> torch.Tensor:
     x = x.to(device, non_blocking=True)
     if x.dim() == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=conv_memory_format(model, device))
     dtype = autocast_dtype(device) if amp else None
     with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
         return model(x).float()
@@ -365,7 +365,7 @@ def run_finetune(context: EvalContext, options: dict) -> EvalOutput:
     weights = _selected_weights(artifacts, best_index, chosen, best_weights, fingerprint)
     model = FineTuneModel(context.fresh_encoder(), n_classes, seed=0)
     model.load_state_dict(weights)
-    model.to(device, memory_format=torch.channels_last)
+    model.to(device, memory_format=conv_memory_format(model, device))
     if distributed.is_main_process():
         if options["save_best"]:
             atomic_torch_save({"format": 1, "fingerprint": json.dumps(fingerprint, sort_keys=True, default=str),

@@ -19,7 +19,8 @@ One :class:`Trainer` trains one model with one (lr, wd). Protocol facts:
 * Under torchrun: DistributedDataParallel, the global batch split over ranks (same batches as
   one process), SyncBatchNorm on CUDA (``sync_bn``), BatchNorm buffers broadcast from rank 0
   before every validation, only rank 0 writes files.
-* channels_last memory format; bf16 autocast on CUDA (``amp``).
+* channels_last memory format (NCHW for depthwise-convolution networks on CUDA, ``conv_memory_format``); bf16
+  autocast on CUDA (``amp``).
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ from torch.utils.data import Dataset
 
 from benchmark import distributed
 from benchmark.atomic import atomic_torch_save
-from benchmark.device import autocast_dtype
+from benchmark.device import autocast_dtype, conv_memory_format
 from benchmark.workers import data_loader
 from evaluators.objectives import training_loss
 from evaluators.sampling import TORCH_STREAM, StreamBatchSampler, derive_seed
@@ -155,7 +156,8 @@ class Trainer:
     # -- public ---------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
         config, device = self.config, self.device
-        self.model.to(device, memory_format=torch.channels_last)  # faster for convolutions on GPUs and CPUs
+        self.memory_format = conv_memory_format(self.model, device)  # channels_last unless depthwise convs on CUDA
+        self.model.to(device, memory_format=self.memory_format)
         world = distributed.world_size()
         if world > 1 and device.type == "cuda" and config.sync_bn:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
@@ -201,7 +203,7 @@ class Trainer:
             images = images.to(device, non_blocking=True)
             targets = targets.to(device, non_blocking=True)
             if images.dim() == 4:  # image batches only (a head-only model may take vectors)
-                images = images.contiguous(memory_format=torch.channels_last)
+                images = images.contiguous(memory_format=self.memory_format)
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 logits = network(images)
             loss = training_loss(logits.float(), targets, config.multilabel)

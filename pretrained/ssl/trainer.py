@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from benchmark.atomic import atomic_torch_save
+from benchmark.device import conv_memory_format
 from datasets.base import ImageDataset
 from pretrained.architectures import state_fingerprint
 from pretrained.encoder import Encoder, EncoderWithHead, LoadOptions
@@ -209,8 +210,9 @@ def pretrain(config: PretrainConfig, data: PretrainData, work_dir: Path, *, devi
     model = EncoderWithHead(encoder, build_head(encoder.feature_dim, config.projection_hidden,
                                                  config.projection_dim, config.seed))
     model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    memory_format = conv_memory_format(model, device) if device.type == "cuda" else None
+    if memory_format is not None:
+        model.to(memory_format=memory_format)
     optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
     losses: list[float] = []
     start_epoch, seconds_before = 0, 0.0
@@ -259,8 +261,8 @@ def pretrain(config: PretrainConfig, data: PretrainData, work_dir: Path, *, devi
             shards = rank_shards(len(batch), context.world_size)
             share = torch.as_tensor(shards[context.rank], device=device)
             x = preprocessing.normalize(torch.cat([view1[share], view2[share]]))
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
+            if memory_format is not None:
+                x = x.contiguous(memory_format=memory_format)
             if autocast is not None:
                 with autocast:
                     z = train_model(x)

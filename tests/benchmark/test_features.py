@@ -97,3 +97,19 @@ def test_truncated_jpeg_detected(tmp_path):
     dataset = FileImageDataset("files", table, ["x"], root=tmp_path)
     with pytest.raises(UnreadableImageError, match="truncated or not an image"):
         dataset.load_image(0)
+
+
+def test_depthwise_networks_stay_nchw_on_cuda():
+    """channels_last except for grouped convolutions on CUDA (cuDNN's first-shape cost there, docs/speed.md)."""
+    from torch import nn
+
+    from benchmark.device import conv_memory_format
+    plain = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3))
+    depthwise = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3, groups=8))
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert conv_memory_format(plain, cuda) == torch.channels_last
+    assert conv_memory_format(depthwise, cuda) == torch.contiguous_format
+    assert conv_memory_format(depthwise, cpu) == torch.channels_last  # the CPU paths are unchanged
+    from pretrained.efficientnet_lite import VARIANTS, build_lite_model
+    trunk, _ = build_lite_model(VARIANTS["lite0"])  # random init: no wheel needed
+    assert conv_memory_format(trunk, cuda) == torch.contiguous_format
