@@ -103,8 +103,8 @@ class AugmentedImages(Dataset):
 class DeviceAugmentedImages:
     """:class:`AugmentedImages` on the training device: ``batches(sampler)`` -> (input [B, 3, S, S], targets).
 
-    Files are read one batch ahead in up to ``READER_THREADS`` threads, decoded by nvjpeg (PIL for files it does
-    not take), and augmented in the calling thread (the only one that touches torch's global RNG,
+    Files are read one batch ahead in up to ``READER_THREADS`` threads, decoded by nvjpeg (PIL for
+    files it does not take), and augmented in the calling thread (the only one that touches torch's global RNG,
     which ``seeded`` reseeds per image).
     """
 

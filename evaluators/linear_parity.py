@@ -150,7 +150,7 @@ class LegacyMultinomialLR:
         if metric == "accuracy":
             return 100.0 * float(np.mean(pred == y))
         if metric == "mean_per_class_accuracy":
-            from sklearn.metrics import confusion_matrix  # here: a CLI run that never needs it does not import sklearn
+            from sklearn.metrics import confusion_matrix  # imported where used: only this selection metric needs it
             cm = confusion_matrix(y, pred)
             with np.errstate(invalid="ignore", divide="ignore"):
                 return 100.0 * float((cm.diagonal() / cm.sum(axis=1)).mean())
