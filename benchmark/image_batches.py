@@ -53,7 +53,7 @@ DECODE_CHOICES = ("auto", "pil", "nvjpeg")
 PREFETCH_BATCHES = 2
 # threads reading + sniffing the JPEG files nvjpeg decodes: one thread reads ~80k HAM10000 files/s, more
 # read slower and contend for the GIL with the decoding and forward threads (H200, ResNet-50 cold: 15 threads
-# 6.5-8.1k images/s, 2 threads 8.9-10.9k, 1 thread 10.8-11.3k; benchmarks/cold_path_breakdown.py, docs/speed.md)
+# 6.5-8.1k images/s, 2 threads 8.9-11.0k, 1 thread 10.8-11.8k; benchmarks/cold_path_breakdown.py, docs/speed.md)
 READER_THREADS = 1
 MAX_DECODE_PIXELS = 256 << 20  # pixels per nvjpeg call (uint8 RGB: 768 MiB of device memory)
 MAX_RESIZE_PIXELS = 96 << 20  # source pixels per resize call (float32 RGB: 1.1 GiB)
