@@ -33,7 +33,7 @@ from benchmark.options import AnyOf, Bool, Choice, Float, Int, not_above, valida
 from benchmark.predictions import image_predictions
 from evaluators.base import EvalContext, EvalOutput, EvaluatorSpec
 from evaluators.linear_parity import PARITY_SELECTION_METRICS, parity_cs, parity_path
-from evaluators.linear_solver import LogisticFit, LogisticProblem, fit_logistic
+from evaluators.linear_solver import LogisticFit, fit_logistic, regularization_path
 from evaluators.registry import EVALUATORS
 
 log = logging.getLogger(__name__)
@@ -115,22 +115,19 @@ def parity_selection_metric(options: dict, primary: str) -> str:
 def select_C(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray, n_classes: int,
              options: dict, selection_metric: str, device: torch.device
              ) -> tuple[float, list[dict], LogisticFit]:
-    """Converged protocol: fit every C (small to large, warm-started: ``LogisticProblem.fit_path``) and
+    """Converged protocol: fit every C (small to large, warm-started: ``regularization_path``) and
     choose on val.
 
     Returns (best C, curve [{C, score, n_iter, converged}] in increasing C, the fit at best C).
     A grid that repeats a value (``wd_min_exp == wd_max_exp``) fits it once.
     Ties in the val score go to the smallest C (the strongest regularisation).
     """
-    problem = LogisticProblem(torch.as_tensor(train_x, device=device), torch.as_tensor(train_y, device=device),
-                              n_classes)
-    val_t = torch.as_tensor(val_x, device=device, dtype=problem.dtype)
-    max_iter, tol = resolved_max_iter(options), float(options["tol"])
-    curve, fits = [], []
-    for fit in problem.fit_path(converged_cs(options), max_iter=max_iter, tol=tol):
-        score = float(classification_metrics(val_y, fit.predict_proba(val_t), n_classes)[selection_metric])
-        curve.append({"C": fit.C, "score": score, "n_iter": fit.n_iter, "converged": fit.converged})
-        fits.append(fit)
+    path = regularization_path(
+        torch.as_tensor(train_x, device=device), torch.as_tensor(train_y, device=device), val_x, val_y, n_classes,
+        converged_cs(options), lambda y, proba: classification_metrics(y, proba, n_classes)[selection_metric],
+        max_iter=resolved_max_iter(options), tol=float(options["tol"]))
+    curve = [{"C": c, "score": score, "n_iter": fit.n_iter, "converged": fit.converged} for c, score, fit in path]
+    fits = [fit for _, _, fit in path]
     finite = [i for i, point in enumerate(curve) if np.isfinite(point["score"])]
     if not finite:
         raise ValueError(f"validation {selection_metric} is undefined for every C; check the validation split")
