@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import benchmark.image_batches as image_batches  # noqa: E402
 from benchmark.features import extract_features  # noqa: E402
 from benchmark.jpeg import gpu_decodable  # noqa: E402
-from benchmarks.extraction_speed import forward_rate, ham10000, sync  # noqa: E402
+from benchmarks.extraction_speed import data_path_rate, forward_rate, ham10000, sync  # noqa: E402
 from pretrained.encoder import LoadOptions  # noqa: E402
 from pretrained.torchvision_zoo import random_encoder  # noqa: E402
 
@@ -103,14 +103,6 @@ def reads(paths: list[Path], threads: int, sniff: bool) -> None:
         list(pool.map(chunk, [paths[i:i + step] for i in range(0, len(paths), step)]))
 
 
-def data_path(dataset, encoder, device, batch: int, workers: int) -> None:
-    batches = image_batches.ImageBatches(dataset, np.arange(len(dataset)), encoder.preprocessing, device=device,
-                                         batch_size=batch, workers=workers, decode="nvjpeg", cache_dir=None)
-    for _, pixels in batches:
-        pixels.float().mean()  # touch it on the consuming stream
-    sync(device)
-
-
 def describe(timeline: Timeline, start: float, n_batches: int) -> str:
     if not timeline.yields:
         return ""
@@ -160,7 +152,7 @@ def main() -> None:
     n_batches = -(-n // args.batch_size)
     for label, source in (("files", None), ("bytes in memory", memory)):
         for what, function in (("data path alone (no forward)",
-                                lambda: data_path(dataset, encoder, device, args.batch_size, args.workers)),
+                                lambda: data_path_rate(dataset, encoder, device, args.batch_size, args.workers)),
                                ("cold extraction end to end", extract)):
             with instrumented(Timeline(), source) as timeline:
                 sync(device)

@@ -247,7 +247,7 @@ class ArrayImageDataset(ImageDataset):
     def _shared_images(self):
         """The images as a CPU tensor in shared memory (made once), or None where torch cannot hold
         them (e.g. a big-endian array): those are pickled as copies, as before."""
-        shared = self.__dict__.get("_shared")
+        shared = getattr(self, "_shared", None)
         if shared is None:
             import torch
             try:
@@ -256,7 +256,7 @@ class ArrayImageDataset(ImageDataset):
                 log.debug("dataset '%s': images stay unshared (%s)", self.name, error)
                 return None
             self.images = shared.numpy()  # read from shared memory from now on: one copy, not two
-            self.__dict__["_shared"] = shared
+            self._shared = shared
         return shared
 
     def _load(self, index: int) -> Image.Image:

@@ -183,10 +183,11 @@ class EvalBatches:
             self._pixels = kept
 
 
-def _forward(model: nn.Module, x: torch.Tensor, device: torch.device, amp: bool) -> torch.Tensor:
+def _forward(model: nn.Module, x: torch.Tensor, device: torch.device, amp: bool,
+             memory_format: torch.memory_format) -> torch.Tensor:
     x = x.to(device, non_blocking=True)
     if x.dim() == 4:
-        x = x.contiguous(memory_format=conv_memory_format(model, device))
+        x = x.contiguous(memory_format=memory_format)
     dtype = autocast_dtype(device) if amp else None
     with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
         return model(x).float()
@@ -196,7 +197,8 @@ def _forward(model: nn.Module, x: torch.Tensor, device: torch.device, amp: bool)
 def predict_logits(model: nn.Module, batches: EvalBatches, n_classes: int, device: torch.device, amp: bool) -> torch.Tensor:
     """Logits [total, classes] of every row (gathered over ranks, in row order), on the CPU."""
     model.eval()
-    outputs = [_forward(model, x, device, amp) for x in batches]
+    memory_format = conv_memory_format(model, device)
+    outputs = [_forward(model, x, device, amp, memory_format) for x in batches]
     local = torch.cat(outputs) if outputs else torch.zeros(0, n_classes, device=device)
     return distributed.gather_strided(local, batches.total).cpu()
 
@@ -215,9 +217,10 @@ def predict_tta(model: nn.Module, dataset: ImageDataset, rows: np.ndarray, augme
     items = [[(p, derive_seed(seed, TTA_STREAM, int(local_rows[p]), c)) for p in range(start, min(start + per_batch, len(local_rows)))
               for c in range(copies)] for start in range(0, len(local_rows), per_batch)]
     loader = data_loader(images, batch_sampler=items, num_workers=num_workers)
+    memory_format = conv_memory_format(model, device)
     outputs = []
     for x, _ in loader:
-        probabilities = output_scores(_forward(model, x, device, amp).double(), multilabel)
+        probabilities = output_scores(_forward(model, x, device, amp, memory_format).double(), multilabel)
         outputs.append(probabilities.reshape(-1, copies, n_classes).mean(1))
     local = torch.cat(outputs) if outputs else torch.zeros(0, n_classes, dtype=torch.float64, device=device)
     return distributed.gather_strided(local, total).cpu()
