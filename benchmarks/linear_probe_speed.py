@@ -4,6 +4,8 @@
     python benchmarks/linear_probe_speed.py --device cuda                       # synthetic HAM10000 shapes
     python benchmarks/linear_probe_speed.py --device cuda --root DIR/ham10000   # + real HAM10000 features
     python benchmarks/linear_probe_speed.py --device cpu --dims 512 --skip-seed-style   # quick CPU check
+    python benchmarks/linear_probe_speed.py --device cuda --dims --root DIR/ham10000 --cold \
+        --encoders resnet50-random --skip-parity --cpu-threads 8                         # end to end
 
 For every problem (train/val/test feature matrices) it times, on one machine in one run:
 
@@ -15,7 +17,13 @@ For every problem (train/val/test feature matrices) it times, on one machine in 
 * ``parity``: ssl-transfer's protocol with scikit-learn 0.2x's arithmetic (evaluators/linear_parity);
 * the seed-style pipeline: today's scikit-learn ``LogisticRegression(warm_start=True)`` walked
   over the same 45 C from 1e6 down, ``max_iter=100`` (ssl-transfer's code with ``multi_class``
-  dropped, float32 features as their loaders give), on the CPU, plus its refit; and its ratio.
+  dropped, float32 features as their loaders give), on the CPU, plus its refit; and its ratio;
+* on CUDA, the converged protocol again without CUDA graphs (``evaluators/lbfgs.py``), and how
+  far its test probabilities are from the graphed run's;
+* with ``--root DIR --cold``: end to end, our cold extraction (an empty feature and decoded-image
+  cache, after one warm-up extraction) plus our solver, against the seed-style pipeline's PIL
+  DataLoader fp32 extraction (timed once over all images, counted twice as the seeds extract
+  train+val and then all splits) plus its loop.
 
 Synthetic problems have HAM10000's split sizes and class priors and pooled-ReLU-like features
 (non-negative, correlated, uncentred: the conditioning that makes raw-feature L-BFGS slow).
@@ -25,6 +33,7 @@ the harness's own pipeline and feature cache (``--cache-dir``). A short table is
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -39,6 +48,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from evaluators.linear import LINEAR_DEFAULTS, linear_probe  # noqa: E402
 from evaluators.linear_parity import parity_cs  # noqa: E402
+from evaluators import lbfgs  # noqa: E402
+from evaluators.lbfgs import LbfgsRun  # noqa: E402
 from evaluators.linear_solver import LogisticProblem  # noqa: E402
 
 HAM_SPLITS = {"train": 6009, "val": 1501, "test": 2505}
@@ -66,8 +77,16 @@ def synthetic(dim: int, seed: int = 0) -> dict[str, Split]:
     return out
 
 
+@dataclass
+class HamFeatures:
+    splits: dict[str, Split]
+    seconds: float  # extraction of all three splits (cold unless the cache held them)
+    cache_hit: bool
+    context: object  # the EvalContext: its encoder and dataset (for the seed-style extraction)
+
+
 def ham_features(root: Path, encoder: str, device: torch.device, cache_dir: Path | None,
-                 image_size: int | None = None) -> dict[str, Split]:
+                 image_size: int | None = None) -> HamFeatures:
     """The harness's own extraction (and feature cache) of ``encoder`` on HAM10000's splits."""
     from benchmark.runner import Runner, RunSettings
     from evaluators.base import EvalContext, ExtractionSettings
@@ -81,11 +100,24 @@ def ham_features(root: Path, encoder: str, device: torch.device, cache_dir: Path
     dataset, splits = runner.dataset("ham10000"), runner.splits("ham10000")
     context = EvalContext(ENCODERS.get(encoder), settings.load_options, dataset, splits, settings.extraction,
                           results / "artifacts")
+    context.encoder()  # built outside the timing (the seed-style side builds its network untimed too)
     start = time.perf_counter()
     parts = {name: context.features(name) for name in HAM_SPLITS}
-    print(f"  features {encoder}: {time.perf_counter() - start:.1f} s "
-          f"(cache hit: {context.feature_cost()['extraction_cache_hit']})", flush=True)
-    return {name: Split(np.asarray(f.x), np.asarray(f.y)) for name, f in parts.items()}
+    seconds, hit = time.perf_counter() - start, bool(context.feature_cost()["extraction_cache_hit"])
+    print(f"  features {encoder}: {seconds:.1f} s (cache hit: {hit})", flush=True)
+    return HamFeatures({name: Split(np.asarray(f.x), np.asarray(f.y)) for name, f in parts.items()}, seconds, hit,
+                       context)
+
+
+def seed_style_extraction(context, device: torch.device, workers: int) -> float:
+    """Seconds for the seed's PIL DataLoader + fp32 pass over every image of the context's dataset (once)."""
+    from benchmarks.extraction_speed import seed_style_rate
+
+    dataset = context.dataset
+    paths = [str(dataset.path(i)) for i in range(len(dataset))]
+    rate = seed_style_rate(context.fresh_encoder(), paths, device, workers)
+    print(f"  seed-style extraction: {rate:.0f} images/s, {len(paths) / rate:.1f} s per pass", flush=True)
+    return len(paths) / rate
 
 
 def _sync(device: torch.device) -> None:
@@ -110,22 +142,27 @@ def matmul_rate(device: torch.device, n: int = 4096) -> float:
 
 
 class EvaluationCounter:
-    """Counts whitened objective evaluations (for the FLOP bound) while installed."""
+    """Counts the solver's objective evaluations (for the FLOP bound) while installed."""
 
     def __init__(self):
-        self.count, self._original = 0, LogisticProblem._objective
+        self.runs: list[LbfgsRun] = []
+        self._original = LbfgsRun.__init__
+
+    @property
+    def count(self) -> int:
+        return sum(run.evaluations for run in self.runs)
 
     def __enter__(self):
         counter = self
 
-        def counted(problem, theta, rho):
-            counter.count += 1
-            return counter._original(problem, theta, rho)
-        LogisticProblem._objective = counted
+        def recording(run, *args, **kwargs):
+            counter._original(run, *args, **kwargs)
+            counter.runs.append(run)
+        LbfgsRun.__init__ = recording
         return self
 
     def __exit__(self, *exc):
-        LogisticProblem._objective = self._original
+        LbfgsRun.__init__ = self._original
 
 
 def seed_style(splits: dict[str, Split], threads: int | None) -> tuple[float, float, float]:
@@ -153,27 +190,43 @@ def seed_style(splits: dict[str, Split], threads: int | None) -> tuple[float, fl
     return seconds, best_C, float((clf.predict(test.x) == test.y).mean())
 
 
-def bench(name: str, splits: dict[str, Split], device: torch.device, rate: float, args) -> dict:
+def bench(name: str, splits: dict[str, Split], device: torch.device, rate: float, args,
+          extraction: HamFeatures | None = None) -> dict:
     n_classes = 7
     train, val, test = splits["train"], splits["val"], splits["test"]
     n, d = train.x.shape
     options = dict(LINEAR_DEFAULTS)
+
+    def converged():
+        return linear_probe(train, val, test, n_classes, options, "balanced_accuracy", device)
     with EvaluationCounter() as counter:
-        seconds, (resolved, extra, proba, _) = _timed(
-            lambda: linear_probe(train, val, test, n_classes, options, "balanced_accuracy", device), device)
+        seconds, (resolved, extra, proba, _) = _timed(converged, device)
     iterations = sum(point["n_iter"] for point in extra["val_curve"]) + resolved["n_iter"]
     accuracy = float((proba.argmax(1) == test.y).mean())
     xt = torch.as_tensor(train.x, device=device)
     yt = torch.as_tensor(train.y, device=device)
-    one_c, fit = _timed(lambda: LogisticProblem(xt, yt, n_classes).fit(resolved["C"], tol=options["tol"]), device)
+    setup, problem = _timed(lambda: LogisticProblem(xt, yt, n_classes), device)
+    one_c, fit = _timed(lambda: problem.fit(resolved["C"], tol=options["tol"]), device)
+    one_c += setup
     flop_bound = counter.count * 4.0 * n * d * n_classes / rate
     row = {"problem": name, "N x D": f"{n} x {d}", "ours s": seconds, "iters": iterations,
            "unconverged": len(resolved["unconverged_C"]), "one C s": one_c, "FLOP bound s": flop_bound,
            "C ours": resolved["C"], "acc ours": accuracy}
     print(f"  converged protocol: {seconds:.2f} s, {iterations} iterations, {counter.count} evaluations, "
           f"{len(resolved['unconverged_C'])} unconverged, C={resolved['C']:.3g}, test accuracy {accuracy:.4f}; "
-          f"one C (cold, C={resolved['C']:.3g}): {one_c:.3f} s ({fit.n_iter} iterations); "
+          f"one C (cold, C={resolved['C']:.3g}): {one_c:.3f} s ({fit.n_iter} iterations, "
+          f"{setup:.3f} s of it whitening the features); "
           f"FLOP bound of those evaluations: {flop_bound:.3f} s", flush=True)
+    if device.type == "cuda" and lbfgs.USE_CUDA_GRAPHS and not args.skip_eager:
+        lbfgs.USE_CUDA_GRAPHS = False
+        try:
+            eager_s, (eager_resolved, _, eager_proba, _) = _timed(converged, device)
+        finally:
+            lbfgs.USE_CUDA_GRAPHS = True
+        gap = float(np.abs(eager_proba - proba).max())
+        row.update({"eager s": eager_s, "graph vs eager max|dp|": gap})
+        print(f"  the same without CUDA graphs: {eager_s:.2f} s ({eager_s / seconds:.1f}x), C={eager_resolved['C']:.3g}, "
+              f"max |test probability difference| {gap:.2g}", flush=True)
     if not args.skip_parity:
         seconds, (resolved, _, proba, _) = _timed(
             lambda: linear_probe(train, val, test, n_classes, dict(options, protocol="parity"), "accuracy", device),
@@ -187,6 +240,14 @@ def bench(name: str, splits: dict[str, Split], device: torch.device, rate: float
         row.update({"seed-style s": seconds, "C seed": best_C, "acc seed": acc, "seed / ours": seconds / row["ours s"]})
         print(f"  seed-style (scikit-learn {__import__('sklearn').__version__}, CPU): {seconds:.2f} s, C={best_C:.3g}, "
               f"test accuracy {acc:.4f}; {row['seed / ours']:.1f}x our time", flush=True)
+        if extraction is not None and not extraction.cache_hit:
+            seed_pass = seed_style_extraction(extraction.context, device, args.workers)
+            ours_total, seed_total = extraction.seconds + row["ours s"], 2 * seed_pass + seconds
+            row.update({"end to end ours s": ours_total, "end to end seed s": seed_total,
+                        "end to end ratio": seed_total / ours_total})
+            print(f"  end to end: ours {ours_total:.2f} s (cold extraction {extraction.seconds:.2f} s + solver), "
+                  f"seed-style {seed_total:.1f} s (extraction 2 x {seed_pass:.1f} s + loop): "
+                  f"{seed_total / ours_total:.1f}x", flush=True)
     return row
 
 
@@ -201,6 +262,11 @@ def main() -> None:
     parser.add_argument("--skip-parity", action="store_true")
     parser.add_argument("--skip-seed-style", action="store_true", help="skip the (slow on CPU) scikit-learn loop")
     parser.add_argument("--cpu-threads", type=int, default=None, help="threads for scikit-learn (default: all)")
+    parser.add_argument("--cold", action="store_true",
+                        help="extract HAM10000 features into an empty cache (after a warm-up): end-to-end ratio")
+    parser.add_argument("--skip-eager", action="store_true", help="on CUDA, skip the run without CUDA graphs")
+    parser.add_argument("--workers", type=int, default=max(1, min(15, (os.cpu_count() or 2) - 1)),
+                        help="DataLoader workers of the seed-style extraction (end to end, with --root)")
     args = parser.parse_args()
     device = torch.device(args.device)
     rate = matmul_rate(device)
@@ -214,11 +280,14 @@ def main() -> None:
         print(f"synthetic HAM10000 shape, D={dim}", flush=True)
         rows.append(bench(f"synthetic D={dim}", synthetic(dim), device, rate, args))
     if args.root:
-        cache = args.cache_dir
         for encoder in args.encoders:
             print(f"HAM10000 {encoder}", flush=True)
+            cache = args.cache_dir
+            if args.cold:  # a warm-up extraction (library start-up), then the timed one, each into an empty cache
+                ham_features(args.root, encoder, device, Path(tempfile.mkdtemp(prefix="lps-warm-")), args.image_size)
+                cache = Path(tempfile.mkdtemp(prefix="lps-cold-"))
             features = ham_features(args.root, encoder, device, cache, args.image_size)
-            rows.append(bench(f"HAM10000 {encoder}", features, device, rate, args))
+            rows.append(bench(f"HAM10000 {encoder}", features.splits, device, rate, args, features))
     from tabulate import tabulate
     print()
     print(f"linear probe, 45 C values, {name}:")

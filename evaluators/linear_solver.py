@@ -30,10 +30,11 @@ that without changing the minimiser:
 In these coordinates a diagonal Hessian model is cheap: ``mean_i p_i (1 - p_i) z_ij^2`` (averaged
 over the classes, floored) ``+ 1/(C N lambda_j)``; its inverse at the start of each fit is the
 L-BFGS preconditioner (see :func:`_preconditioner`; refreshing it during a fit gained nothing).
-L-BFGS uses the compact representation (a handful of small matrix products per iteration instead
-of a two-loop recursion, which matters on GPUs: launches, not flops, bound it), an Armijo
-backtracking line search (the objective is strictly convex, so every curvature pair is valid) and
-one host synchronisation per trial point. Along a C path (:meth:`LogisticProblem.fit_path`) each
+L-BFGS (:mod:`evaluators.lbfgs`) uses the compact representation (a handful of small matrix
+products per iteration instead of a two-loop recursion, which matters on GPUs: launches, not flops,
+bound it), an Armijo backtracking line search (the objective is strictly convex, so every curvature
+pair is valid) and one host synchronisation per trial point; on CUDA the iteration's parts are
+replayed as CUDA graphs (one :class:`~evaluators.lbfgs.LbfgsRun` per problem, reused by its fits). Along a C path (:meth:`LogisticProblem.fit_path`) each
 fit starts from the linear extrapolation in log C of the two previous solutions; the L-BFGS memory
 restarts at each C (keeping it, corrected exactly for the new penalty, was measured to be much
 slower: the old pairs describe the previous optimum, not the new path).
@@ -69,19 +70,19 @@ import logging
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+
+from evaluators.lbfgs import LbfgsRun
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["LogisticFit", "LogisticProblem", "fit_logistic", "regularization_path", "sklearn_equivalent_C",
            "threads_for"]
 
-MEMORY = 10  # L-BFGS curvature pairs (measured: 10 and 20 need about the same iterations here)
-ARMIJO = 1e-4  # sufficient-decrease constant of the line search
-MAX_BACKTRACKS = 40
 CURVATURE_FLOOR = 5e-3  # of the preconditioner's data curvature (Boehning's bound is 0.5)
 SMALL_PROBLEM = 5e7  # multiply-adds per step below which CPU work runs on one thread (see threads_for)
 
@@ -207,6 +208,7 @@ class LogisticProblem:
         remap[self.present] = torch.arange(self.k, device=self.device)
         self.y = remap[y]
         self.n, self.d = self.x.shape
+        self._run: LbfgsRun | None = None
         if self.k >= 2:
             with threads_for(self.device, min(self.n, self.d) ** 3 / 20):
                 self._build_basis()
@@ -281,6 +283,13 @@ class LogisticProblem:
         grad = torch.addmm(scaled.view(self.k, self.r + 1), g.T, self.z1, alpha=1.0 / self.n)
         return f, grad.reshape(-1)
 
+    def _lbfgs(self) -> LbfgsRun:
+        """The problem's L-BFGS buffers (and, on CUDA, its captured graphs), made on the first fit."""
+        if self._run is None:
+            self._run = LbfgsRun(self.k * (self.r + 1), self.dtype, self.device, self._objective,
+                                 self._original_grad_max)
+        return self._run
+
     # -- fitting -----------------------------------------------------------------------------------
     def fit(self, C: float, init: LogisticFit | None = None, max_iter: int = 1000, tol: float = 1e-6) -> LogisticFit:
         """Fit at ``C``; ``init`` warm-starts (from any fit with this problem's shape)."""
@@ -296,7 +305,8 @@ class LogisticProblem:
             return LogisticFit(weight, bias, float(C), 0, True, 0.0, 0.0, "one class")
         rho = self._penalty(float(C))
         with threads_for(self.device, self.n * self.r * self.k), torch.no_grad():
-            theta, n_iter, reason = _lbfgs(self, self._initial_theta(init), rho, tol, max_iter)
+            theta, n_iter, reason = self._lbfgs().minimize(
+                self._initial_theta(init), rho, partial(_preconditioner, self), tol, max_iter)
             w, b = self._to_original(theta)
             # the honest check: the gradient of f on the original features
             loss, gw, gb = _loss_and_grad(self.x, self.y, w, b, 1.0 / (float(C) * self.n))
@@ -370,71 +380,6 @@ def threads_for(device: torch.device, work: float):
         torch.set_num_threads(previous)
 
 
-def _lbfgs(problem: LogisticProblem, theta: torch.Tensor, rho: torch.Tensor, tol: float,
-           max_iter: int) -> tuple[torch.Tensor, int, str]:
-    """Preconditioned compact L-BFGS with Armijo backtracking from whitened ``theta``.
-
-    Stops when the original-coordinate gradient satisfies ``max|g| <= tol`` (returns reason "gtol"),
-    at ``max_iter``, or when the objective no longer decreases at floating-point resolution.
-    """
-    precond = _preconditioner(problem, theta, rho)  # refreshing it every 10 iterations: no gain (measured)
-    s_hist: list[torch.Tensor] = []
-    y_hist: list[torch.Tensor] = []
-    f_t, g = problem._objective(theta, rho)
-    f, gmax = torch.stack([f_t, problem._original_grad_max(g)]).tolist()
-    n_iter, reason, restarted = 0, "max_iter reached", False
-    f_noise = 64 * torch.finfo(torch.float64).eps * max(abs(f), 1.0)
-    while True:
-        if not (math.isfinite(f) and math.isfinite(gmax)):
-            reason = "non-finite objective"
-            break
-        if gmax <= tol:
-            reason = "gtol"
-            break
-        if n_iter >= max_iter:
-            break
-        direction = -_inverse_hessian_times(s_hist, y_hist, precond, g)
-        slope_t = (direction @ g).double()
-        step, accepted = 1.0, False
-        for _ in range(MAX_BACKTRACKS):
-            trial = theta + step * direction
-            f_new, g_new = problem._objective(trial, rho)
-            # one host synchronisation per trial point: everything the decisions below need
-            f_val, slope, new_slope, gmax_new = torch.stack(
-                [f_new, slope_t, (g_new @ direction).double(), problem._original_grad_max(g_new)]).tolist()
-            if not slope < 0:
-                break  # not a descent direction (round-off in the memory): restart below
-            if math.isfinite(f_val) and f_val <= f + ARMIJO * step * slope:
-                accepted = True
-                break
-            # near the optimum the decrease drops below the rounding of f: accept a step that is
-            # within f's rounding and lands near the 1-d minimum (Hager-Zhang approximate Wolfe)
-            if math.isfinite(f_val) and f_val <= f + f_noise and 0.9 * slope <= new_slope <= -0.8 * slope:
-                accepted = True
-                break
-            # safeguarded quadratic interpolation of f along the direction
-            denom = 2.0 * (f_val - f - slope * step) if math.isfinite(f_val) else math.inf
-            step = min(max(-slope * step * step / denom, 0.1 * step), 0.5 * step) if denom > 0 else 0.1 * step
-        stalled = accepted and f_val == f and gmax_new == gmax  # the step did not move theta at all
-        if not accepted or stalled:
-            if not restarted and s_hist:
-                s_hist.clear(), y_hist.clear()
-                restarted = True
-                continue
-            reason = "no decrease at floating-point resolution"
-            break
-        restarted = False
-        if step * (new_slope - slope) > 0:  # s.y of the pair (s = step * direction, y = g_new - g)
-            s_hist.append(trial - theta)
-            y_hist.append(g_new - g)
-            if len(s_hist) > MEMORY:
-                s_hist.pop(0), y_hist.pop(0)
-        theta, f, g, gmax = trial, f_val, g_new, gmax_new
-        f_noise = 64 * torch.finfo(torch.float64).eps * max(abs(f), 1.0)
-        n_iter += 1
-    return theta, n_iter, reason
-
-
 def _preconditioner(problem: LogisticProblem, theta: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
     """Inverse of a diagonal Hessian model at ``theta`` in whitened coordinates, [k * (r + 1)].
 
@@ -449,28 +394,6 @@ def _preconditioner(problem: LogisticProblem, theta: torch.Tensor, rho: torch.Te
         problem.z1_sq = problem.z1.double() ** 2
     data = ((p * (1.0 - p)).mean(1) @ problem.z1_sq) / problem.n  # [r + 1], the class average
     return (1.0 / (data.clamp_min(CURVATURE_FLOOR).repeat(problem.k) + rho)).to(problem.dtype)
-
-
-def _inverse_hessian_times(s: list[torch.Tensor], y: list[torch.Tensor], precond: torch.Tensor,
-                           g: torch.Tensor) -> torch.Tensor:
-    """L-BFGS inverse Hessian times g, compact form (Byrd, Nocedal & Schnabel 1994, eq. 3.1).
-
-    H = H0 + [S, H0 Y] [[R^-T (D + Y^T H0 Y) R^-1, -R^-T], [-R^-1, 0]] [S^T; Y^T H0] with
-    H0 = gamma * diag(precond), gamma = s^T y / (y^T P y) of the newest pair; S, Y: [m, n].
-    """
-    if not s:
-        return precond * g
-    smat, ymat = torch.stack(s), torch.stack(y)
-    sy = smat @ ymat.T  # [m, m]: s_i . y_j
-    ypy = (ymat * precond) @ ymat.T
-    gamma = sy[-1, -1] / ypy[-1, -1]
-    r = torch.triu(sy)
-    a = smat @ g
-    b = gamma * ((ymat * precond) @ g)
-    w = torch.linalg.solve_triangular(r, a[:, None], upper=True)[:, 0]
-    t = torch.diagonal(sy) * w + gamma * (ypy @ w) - b
-    p1 = torch.linalg.solve_triangular(r.T, t[:, None], upper=False)[:, 0]
-    return gamma * precond * (g - ymat.T @ w) + smat.T @ p1
 
 
 def fit_logistic(
