@@ -164,10 +164,14 @@ def compiled_encoder(encoder: Encoder) -> torch.nn.Module:
     return _COMPILED[encoder]
 
 
-@torch.inference_mode()
 def _run_encoder(encoder: Encoder, batches: ImageBatches, device: torch.device, compile: bool,
                  progress: Callable[[int], None] | None) -> tuple[np.ndarray, dict]:
-    """Features float32 [len(batches.rows), D] and timing facts."""
+    """Features float32 [len(batches.rows), D] and timing facts.
+
+    The encoder is moved (and its memory format set) outside inference mode: weights moved inside
+    it become inference tensors, which a later cell reusing the run's encoder could not train or
+    take gradients through (saliency, fine-tuning).
+    """
     was_training = encoder.training
     encoder.eval().to(device)
     cuda = device.type == "cuda"
@@ -181,7 +185,7 @@ def _run_encoder(encoder: Encoder, batches: ImageBatches, device: torch.device, 
     facts: dict = {}
     preprocessing = encoder.preprocessing
     try:
-        with contextlib.closing(iter(batches)) as stream:
+        with torch.inference_mode(), contextlib.closing(iter(batches)) as stream:
             for start, pixels in stream:
                 count = len(pixels)
                 x = preprocessing.input_from_uint8(pixels)

@@ -113,3 +113,18 @@ def test_depthwise_networks_stay_nchw_on_cuda():
     from pretrained.efficientnet_lite import VARIANTS, build_lite_model
     trunk, _ = build_lite_model(VARIANTS["lite0"])  # random init: no wheel needed
     assert conv_memory_format(trunk, cuda) == torch.contiguous_format
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_an_encoder_moved_to_the_gpu_by_extraction_can_still_be_trained():
+    # the run keeps built encoders across cells: one moved inside inference mode would hold inference
+    # tensors, and a later saliency or fine-tuning cell on it would fail ("requires_grad ... inference tensor")
+    encoder = _encoder()
+    extract_features(encoder, _dataset(), device=torch.device("cuda"), num_workers=0)
+    parameters = list(encoder.parameters())
+    assert parameters[0].is_cuda and not any(p.is_inference() for p in parameters)
+    for p in parameters:
+        p.requires_grad_(True)
+    x = torch.rand(2, 3, 20, 20, device="cuda")
+    encoder.train()(encoder.preprocessing.normalize(x)).sum().backward()
+    assert parameters[0].grad is not None
