@@ -36,6 +36,16 @@ def test_same_seed_gives_identical_bytes_and_metadata():
     pd.testing.assert_frame_equal(a_meta, b_meta)
 
 
+def test_rendering_in_processes_gives_the_serial_bytes():
+    # each lesion has its own random stream: splitting the lesions over worker processes changes nothing
+    kwargs = dict(seed=5, n_lesions=60, image_size=32, min_lesions_per_class=2)
+    serial_img, serial_meta = generate_synthderm(**kwargs, workers=1)
+    parallel_img, parallel_meta = generate_synthderm(**kwargs, workers=2)  # 3 jobs of 25 lesions, 2 processes
+    assert serial_img.tobytes() == parallel_img.tobytes()
+    pd.testing.assert_frame_equal(serial_meta, parallel_meta)
+    assert serial_meta["image_id"].tolist() == [f"SD_{k:06d}" for k in range(len(serial_meta))]
+
+
 def test_different_seed_gives_different_data():
     a_img, a_meta = generate_synthderm(seed=11, n_lesions=14, image_size=32, min_lesions_per_class=2)
     c_img, c_meta = generate_synthderm(seed=12, n_lesions=14, image_size=32, min_lesions_per_class=2)
