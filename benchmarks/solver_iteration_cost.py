@@ -90,14 +90,14 @@ def main() -> None:
         "direction, full history": full,
         "trial point (objective + line-search numbers)": run._trial,
         "move + new curvature pair": run._accept_and_push,
-        "read the line-search numbers (synchronise)": lambda: run.report.tolist(),
+        "read the line-search numbers (synchronise)": lambda: run.buffers.report.tolist(),
     }
     for name, fn in parts.items():
         rows.append((name, per_call(fn, device, args.calls), "replayed graph" if run.graphed and "read" not in name
                      else ""))
 
     def iteration() -> None:
-        full(), run._trial(), run.report.tolist(), run._accept_and_push()
+        full(), run._trial(), run.buffers.report.tolist(), run._accept_and_push()
 
     def iteration_no_sync() -> None:
         full(), run._trial(), run._accept_and_push()
@@ -105,9 +105,9 @@ def main() -> None:
     rows.append(("one iteration, no synchronisation (GPU-bound)", per_call(iteration_no_sync, device, args.calls), ""))
 
     z1 = problem.z1
-    theta = run.theta.view(problem.k, problem.r + 1)
+    theta = run.buffers.theta.view(problem.k, problem.r + 1)
     grad_rows = torch.randn(problem.n, problem.k, dtype=z1.dtype, device=device)
-    pairs = run.s
+    pairs = run.buffers.s
     products = {
         f"logits product [{problem.n} x {problem.r + 1}] @ [{problem.r + 1} x {problem.k}]": lambda: z1 @ theta.T,
         f"gradient product [{problem.k} x {problem.n}] @ [{problem.n} x {problem.r + 1}]": lambda: grad_rows.T @ z1,

@@ -80,18 +80,16 @@ class _Replayed:
         graph.replay()
 
 
-class LbfgsRun:
-    """Static buffers of L-BFGS over ``size`` parameters, reusable for any number of minimisations.
+class _Buffers:
+    """The tensors one L-BFGS run updates in place, and the parts that update them.
 
-    ``objective(theta [size], rho [size]) -> (f 0-dim float64, grad [size])``; ``grad_max(grad)``
-    is the stopping test's max-abs gradient (0-dim). ``rho`` is a per-parameter input the
-    objective reads (the linear probe's penalty weights), constant during one minimisation.
+    Kept apart from :class:`LbfgsRun` so that the parts (and their CUDA graphs) hold these buffers,
+    not the run: no reference cycle, so a run's GPU memory goes as soon as its problem goes.
     """
 
     def __init__(self, size: int, dtype: torch.dtype, device: torch.device, objective: Objective,
                  grad_max: GradMeasure):
         self.objective, self.grad_max = objective, grad_max
-        self.evaluations = 0  # objective evaluations, for FLOP bounds in benchmarks
 
         def zeros(*shape: int, kind: torch.dtype = dtype) -> torch.Tensor:
             return torch.zeros(shape, dtype=kind, device=device)
@@ -102,32 +100,22 @@ class LbfgsRun:
         self.step = zeros()
         self.slope = zeros(kind=torch.float64)
         self.report = zeros(4, kind=torch.float64)  # f, slope, new slope, max|grad| at the trial point
-        self.graphed = device.type == "cuda" and USE_CUDA_GRAPHS
 
-        def part(fn: Callable[[], None]) -> Callable[[], None]:
-            return _Replayed(fn, device) if self.graphed else fn
-
-        self._direction = [part(partial(self._compute_direction, count)) for count in range(MEMORY + 1)]
-        self._trial = part(self._evaluate_trial)
-        self._accept = part(partial(self._move, False))
-        self._accept_and_push = part(partial(self._move, True))
-
-    # -- the parts (in-place updates of the buffers only) -------------------------------------------
-    def _compute_direction(self, count: int) -> None:
+    def compute_direction(self, count: int) -> None:
         start = MEMORY - count
         direction = -inverse_hessian_times(self.s[start:], self.y[start:], self.precond, self.grad)
         self.direction.copy_(direction)
         self.slope.copy_((direction @ self.grad).double())
         self.step.fill_(1.0)  # the line search's first trial (set here: one launch less per iteration)
 
-    def _evaluate_trial(self) -> None:
+    def evaluate_trial(self) -> None:
         torch.add(self.theta, self.step * self.direction, out=self.trial)
         f, g = self.objective(self.trial, self.rho)
         self.trial_grad.copy_(g)
         self.report.copy_(torch.stack([f.double(), self.slope, (g @ self.direction).double(),
                                        self.grad_max(g).double()]))
 
-    def _move(self, push: bool) -> None:
+    def move(self, push: bool) -> None:
         if push:  # shift the pairs by one; the new pair s = trial - theta, y = grad change goes last
             self.s[:-1].copy_(self.s[1:].clone())
             self.y[:-1].copy_(self.y[1:].clone())
@@ -135,6 +123,29 @@ class LbfgsRun:
             torch.sub(self.trial_grad, self.grad, out=self.y[-1])
         self.theta.copy_(self.trial)
         self.grad.copy_(self.trial_grad)
+
+
+class LbfgsRun:
+    """L-BFGS over ``size`` parameters with static buffers, reusable for any number of minimisations.
+
+    ``objective(theta [size], rho [size]) -> (f 0-dim float64, grad [size])``; ``grad_max(grad)``
+    is the stopping test's max-abs gradient (0-dim). ``rho`` is a per-parameter input the
+    objective reads (the linear probe's penalty weights), constant during one minimisation.
+    """
+
+    def __init__(self, size: int, dtype: torch.dtype, device: torch.device, objective: Objective,
+                 grad_max: GradMeasure):
+        self.buffers = buffers = _Buffers(size, dtype, device, objective, grad_max)
+        self.evaluations = 0  # objective evaluations, for FLOP bounds in benchmarks
+        self.graphed = device.type == "cuda" and USE_CUDA_GRAPHS
+
+        def part(fn: Callable[[], None]) -> Callable[[], None]:
+            return _Replayed(fn, device) if self.graphed else fn
+
+        self._direction = [part(partial(buffers.compute_direction, count)) for count in range(MEMORY + 1)]
+        self._trial = part(buffers.evaluate_trial)
+        self._accept = part(partial(buffers.move, False))
+        self._accept_and_push = part(partial(buffers.move, True))
 
     # -- the iteration (host decisions) -------------------------------------------------------------
     def minimize(self, theta: torch.Tensor, rho: torch.Tensor,
@@ -145,13 +156,14 @@ class LbfgsRun:
         Stops when ``grad_max(grad) <= tol`` (reason "gtol"), at ``max_iter``, or when the objective
         no longer decreases at floating-point resolution. Returns (theta copy, iterations, reason).
         """
-        self.theta.copy_(theta)
-        self.rho.copy_(rho)
-        self.precond.copy_(preconditioner(self.theta, self.rho))  # refreshing it during a fit: no gain (measured)
-        f_t, g = self.objective(self.theta, self.rho)
+        b = self.buffers
+        b.theta.copy_(theta)
+        b.rho.copy_(rho)
+        b.precond.copy_(preconditioner(b.theta, b.rho))  # refreshing it during a fit: no gain (measured)
+        f_t, g = b.objective(b.theta, b.rho)
         self.evaluations += 1
-        self.grad.copy_(g)
-        f, gmax = torch.stack([f_t.double(), self.grad_max(g).double()]).tolist()
+        b.grad.copy_(g)
+        f, gmax = torch.stack([f_t.double(), b.grad_max(g).double()]).tolist()
         count, n_iter, reason, restarted = 0, 0, "max_iter reached", False
         f_noise = 64 * torch.finfo(torch.float64).eps * max(abs(f), 1.0)
         while True:
@@ -167,11 +179,11 @@ class LbfgsRun:
             step, accepted = 1.0, False
             for _ in range(MAX_BACKTRACKS):
                 if step != 1.0:
-                    self.step.fill_(step)
+                    b.step.fill_(step)
                 self._trial()
                 self.evaluations += 1
                 # the one host synchronisation per trial point: everything the decisions below need
-                f_val, slope, new_slope, gmax_new = self.report.tolist()
+                f_val, slope, new_slope, gmax_new = b.report.tolist()
                 if not slope < 0:
                     break  # not a descent direction (round-off in the memory): restart below
                 if math.isfinite(f_val) and f_val <= f + ARMIJO * step * slope:
@@ -201,7 +213,7 @@ class LbfgsRun:
             f, gmax = f_val, gmax_new
             f_noise = 64 * torch.finfo(torch.float64).eps * max(abs(f), 1.0)
             n_iter += 1
-        return self.theta.clone(), n_iter, reason
+        return b.theta.clone(), n_iter, reason
 
 
 def inverse_hessian_times(smat: torch.Tensor, ymat: torch.Tensor, precond: torch.Tensor,

@@ -68,6 +68,7 @@ from __future__ import annotations
 
 import logging
 import math
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -286,8 +287,11 @@ class LogisticProblem:
     def _lbfgs(self) -> LbfgsRun:
         """The problem's L-BFGS buffers (and, on CUDA, its captured graphs), made on the first fit."""
         if self._run is None:
-            self._run = LbfgsRun(self.k * (self.r + 1), self.dtype, self.device, self._objective,
-                                 self._original_grad_max)
+            # weak references: the run must not keep the problem alive (a reference cycle would hold
+            # the problem's features and captured graphs on the GPU until the cyclic collector ran)
+            objective, grad_max = weakref.WeakMethod(self._objective), weakref.WeakMethod(self._original_grad_max)
+            self._run = LbfgsRun(self.k * (self.r + 1), self.dtype, self.device,
+                                 lambda theta, rho: objective()(theta, rho), lambda grad: grad_max()(grad))
         return self._run
 
     # -- fitting -----------------------------------------------------------------------------------

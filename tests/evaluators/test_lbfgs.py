@@ -79,6 +79,22 @@ def test_inverse_hessian_satisfies_the_newest_secant_equation(m):
     assert torch.equal(inverse_hessian_times(empty, empty, precond, g), precond * g)
 
 
+def test_a_fitted_problem_is_freed_without_the_cyclic_collector():
+    # its L-BFGS buffers (and on CUDA its captured graphs) must go when the problem goes
+    import gc
+    import weakref
+    x, y = _features(n=80, d=6, k=3)
+    gc.disable()
+    try:
+        problem = LogisticProblem(torch.from_numpy(x), torch.from_numpy(y), 3)
+        problem.fit(1.0, tol=1e-6)
+        alive, run_alive = weakref.ref(problem), weakref.ref(problem._lbfgs())
+        del problem
+        assert alive() is None and run_alive() is None
+    finally:
+        gc.enable()
+
+
 def _features(n=600, d=48, k=5, seed=3):
     rng = np.random.default_rng(seed)
     y = rng.integers(0, k, n)
