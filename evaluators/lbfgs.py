@@ -52,6 +52,12 @@ class _Replayed:
         self.graph: torch.cuda.CUDAGraph | None = None
 
     def __call__(self) -> None:
+        # capture and replay on the buffers' device, whatever the current one is (``cuda:1`` while
+        # ``cuda:0`` is current): a graph's stream belongs to the current device, its kernels to the buffers'
+        with torch.cuda.device(self.device):
+            self._call()
+
+    def _call(self) -> None:
         if self.graph is not None:
             self.graph.replay()
             return
