@@ -23,15 +23,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.linear_probe_speed import synthetic  # noqa: E402
+from benchmarks.linear_probe_speed import _sync, synthetic  # noqa: E402
 from evaluators import lbfgs  # noqa: E402
 from evaluators.linear_parity import parity_cs  # noqa: E402
 from evaluators.linear_solver import LogisticProblem  # noqa: E402
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def per_call(fn, device: torch.device, calls: int) -> float:

@@ -790,6 +790,9 @@ def _allocate_class_counts(n_lesions: int, min_per_class: int) -> dict[str, int]
     return {c: counts[c] for c in SYNTHDERM_CLASSES}
 
 
+LESIONS_PER_JOB = 25  # lesions per task when rendering in processes (~0.3 s of work at 128 px)
+
+
 def generate_synthderm(seed: int = 0, n_lesions: int = 600, image_size: int = 128,
                        images_per_lesion: tuple[int, int] = (1, 4), min_lesions_per_class: int = 12,
                        workers: int | None = None) -> tuple[np.ndarray, pd.DataFrame]:
@@ -839,9 +842,6 @@ def generate_synthderm(seed: int = 0, n_lesions: int = 600, image_size: int = 12
     log.info("SynthDerm: %d lesions, %d images at %dpx in %.1fs (seed=%d, %d process%s)", n_lesions, len(meta),
              image_size, time.perf_counter() - t0, seed, workers, "" if workers == 1 else "es")
     return np.stack(images), meta
-
-
-LESIONS_PER_JOB = 25  # lesions per task when rendering in processes (~0.3 s of work at 128 px)
 
 
 def _render_lesions(job: tuple[int, int, int, list]) -> list[tuple[np.ndarray, dict]]:

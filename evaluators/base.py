@@ -26,8 +26,9 @@ from pretrained.encoder import Encoder, EncoderSpec, LoadOptions
 ENCODER_CACHE_BYTES = 1 << 30  # weights of built encoders a run keeps (e.g. 20 ResNet-18s or 10 ResNet-50s)
 
 
-def _weight_bytes(module: torch.nn.Module) -> int:
-    tensors = [*module.parameters(), *module.buffers()]
+def _weight_bytes(*modules: torch.nn.Module) -> int:
+    """Bytes of the parameters and buffers of ``modules`` together."""
+    tensors = [t for m in modules for t in (*m.parameters(), *m.buffers())]
     return sum(t.numel() * t.element_size() for t in tensors)
 
 log = logging.getLogger(__name__)
@@ -157,13 +158,15 @@ class EvalContext:
         """
         key = self.encoder_spec.name
         encoder = self._encoders.pop(key, None)
-        if encoder is None:
+        built = encoder is None
+        if built:
             encoder = self.encoder_spec.build(self.load_options)
             if self.extraction.image_size:
                 encoder.preprocessing = encoder.preprocessing.with_input_size(self.extraction.image_size)
         self._encoders[key] = encoder  # (re)inserted last: the most recently used
-        while len(self._encoders) > 1 and sum(map(_weight_bytes, self._encoders.values())) > ENCODER_CACHE_BYTES:
-            del self._encoders[next(iter(self._encoders))]
+        cached = self._encoders
+        while built and len(cached) > 1 and _weight_bytes(*cached.values()) > ENCODER_CACHE_BYTES:
+            del cached[next(iter(cached))]  # the least recently used
         return encoder
 
     def fresh_encoder(self) -> Encoder:

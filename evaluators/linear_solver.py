@@ -34,8 +34,8 @@ L-BFGS (:mod:`evaluators.lbfgs`) uses the compact representation (a handful of s
 products per iteration instead of a two-loop recursion, which matters on GPUs: launches, not flops,
 bound it), an Armijo backtracking line search (the objective is strictly convex, so every curvature
 pair is valid) and one host synchronisation per trial point; on CUDA the iteration's parts are
-replayed as CUDA graphs (one :class:`~evaluators.lbfgs.LbfgsRun` per problem, reused by its fits). Along a C path (:meth:`LogisticProblem.fit_path`) each
-fit starts from the linear extrapolation in log C of the two previous solutions; the L-BFGS memory
+replayed as CUDA graphs (one :class:`~evaluators.lbfgs.LbfgsRun` per problem, reused by its fits).
+Along a C path (:meth:`LogisticProblem.fit_path`) each fit starts from the linear extrapolation in log C of the two previous solutions; the L-BFGS memory
 restarts at each C (keeping it, corrected exactly for the new penalty, was measured to be much
 slower: the old pairs describe the previous optimum, not the new path).
 
