@@ -268,6 +268,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=max(1, min(15, (os.cpu_count() or 2) - 1)),
                         help="DataLoader workers of the seed-style extraction (end to end, with --root)")
     args = parser.parse_args()
+    if args.cold and not args.root:
+        parser.error("--cold times HAM10000's extraction: give the folder with --root DIR")
+    if args.workers < 0:
+        parser.error(f"--workers must be >= 0, got {args.workers}")
     device = torch.device(args.device)
     rate = matmul_rate(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
